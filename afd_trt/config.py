@@ -112,12 +112,16 @@ class HRNetConfig:
 
     def __post_init__(self) -> None:
         if self.decode not in ("dark", "quarter", "none"):
-            raise ValueError(f"hrnetv2 config: decode must be 'dark', 'quarter' or 'none', got {self.decode!r}")
+            raise ValueError(
+                f"hrnetv2 config: decode must be 'dark', 'quarter' or 'none', got {self.decode!r}"
+            )
         if self.blur_kernel % 2 != 1 or self.blur_kernel < 1:
             raise ValueError(f"hrnetv2 config: blur_kernel must be odd and >= 1, got {self.blur_kernel}")
         for a, b in self.flip_pairs:
             if not (0 <= a < self.num_keypoints and 0 <= b < self.num_keypoints):
-                raise ValueError(f"hrnetv2 config: flip pair {(a, b)} out of range for {self.num_keypoints} keypoints")
+                raise ValueError(
+                    f"hrnetv2 config: flip pair {(a, b)} out of range for {self.num_keypoints} keypoints"
+                )
 
 
 ModelConfig = YOLOv3Config | FasterRCNNConfig | HRNetConfig
@@ -142,7 +146,9 @@ def _get(sec: Mapping[str, Any], key: str, source: str, section: str) -> Any:
 
 def _weights(raw: Mapping[str, Any], source: str) -> WeightsSpec:
     sec = raw.get("weights", {})
-    return WeightsSpec(file=str(sec.get("file", "")), url=str(sec.get("url", "")), sha256=str(sec.get("sha256", "")))
+    return WeightsSpec(
+        file=str(sec.get("file", "")), url=str(sec.get("url", "")), sha256=str(sec.get("sha256", ""))
+    )
 
 
 def _input(raw: Mapping[str, Any], source: str) -> InputConfig:
@@ -220,7 +226,9 @@ def _packaged_config_text(name: str) -> str:
     try:
         return (resources.files("afd_trt.configs") / f"{name}.toml").read_text(encoding="utf-8")
     except ModuleNotFoundError:  # running from a source checkout: configs/ beside the package
-        return (Path(__file__).resolve().parent.parent / "configs" / f"{name}.toml").read_text(encoding="utf-8")
+        return (Path(__file__).resolve().parent.parent / "configs" / f"{name}.toml").read_text(
+            encoding="utf-8"
+        )
 
 
 def load_config(name_or_path: str | Path) -> ModelConfig:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("AFD_TRT_SHARED_DATA", REPO.parent / "shared" / "data"))
-TADNE_GRID = SHARED_DATA / "tadne_grid_3072.jpg"
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs_cuda: no CUDA GPU on this machine (torch.cuda.is_available() is False)")
+    skip = pytest.mark.skip(
+        reason="needs_cuda: no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+    )
     for item in items:
         if "needs_cuda" in item.keywords:
             item.add_marker(skip)
@@ -28,8 +24,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _restore_rng_state() -> Iterator[None]:
     """Tests may seed freely; the global RNG state is put back afterwards."""
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()  # noqa: NPY002
     yield
     random.setstate(py_state)
-    np.random.set_state(np_state)
+    np.random.set_state(np_state)  # noqa: NPY002
     torch.set_rng_state(torch_state)

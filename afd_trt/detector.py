@@ -1,0 +1,294 @@
+"""``Detector``: faces and their 28 landmarks, a drop-in for upstream's ``LandmarkDetector``.
+
+Results are what upstream returns: per face ``{"bbox": float32 (5,) [x1, y1, x2, y2, score],
+"keypoints": float32 (28, 3) [x, y, score]}`` with detected boxes expanded by
+``box_scale_factor`` (no score threshold); user boxes are used as given.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
+from .engines import create_engine
+from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
+from .image import ImageInput, load_image
+from .landmarks import LandmarkEstimator
+from .models import build_model
+from .weights import is_test_weights, load_into, load_state_dict, resolve_checkpoint
+
+__all__ = ["BatchError", "Detector", "Face", "create_detector", "expand_boxes", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+Face = dict[str, np.ndarray]
+FACE_DETECTORS = ("yolov3", "faster-rcnn")
+
+
+class BatchError(RuntimeError):
+    """Some images of a batch failed. Nothing is lost: ``results[i]`` holds the faces of every
+    image that succeeded (``None`` where it failed) and ``errors[i]`` the exception of each failure."""
+
+    def __init__(self, results: list[list[Face] | None], errors: dict[int, Exception]) -> None:
+        lines = "; ".join(f"item {i}: {e}" for i, e in sorted(errors.items())[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"{len(errors)} of {len(results)} images failed: {lines}{more}")
+        self.results = results
+        self.errors = errors
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"``: the first CUDA GPU when there is one, else the CPU."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r}: CUDA is not available on this machine (use 'cpu' or 'auto')"
+        )
+    return dev
+
+
+def expand_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
+    """Scale boxes about their centers as upstream does (size counted with +1 pixel).
+
+    Args:
+        boxes: float32 (N, 5) ``[x1, y1, x2, y2, score]``.
+
+    Returns:
+        float32 (N, 5), scores unchanged.
+    """
+    out = np.array(boxes, dtype=np.float32, copy=True)
+    if len(out) == 0:
+        return out
+    size = (out[:, 2:4] - out[:, 0:2] + np.float32(1)) * np.float32(factor)
+    center = (out[:, 0:2] + out[:, 2:4]) / np.float32(2)
+    tl = center - size / np.float32(2)
+    out[:, 0:2] = tl
+    out[:, 2:4] = tl + size
+    return out
+
+
+def _as_config(cfg: str | Path | ModelConfig | None, default: str) -> ModelConfig:
+    if cfg is None:
+        return load_config(default)
+    if isinstance(cfg, (str, Path)):
+        return load_config(cfg)
+    return cfg
+
+
+def _user_boxes(boxes: Any, name: str) -> np.ndarray:
+    """User boxes (list of [x1, y1, x2, y2(, score)]) -> float32 (N, 4 or 5), validated."""
+    try:
+        arr = np.stack([np.asarray(b, dtype=np.float32).reshape(-1) for b in boxes]) if len(boxes) else None
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{name}: each box must be [x1, y1, x2, y2] or [x1, y1, x2, y2, score] numbers: {e}"
+        ) from e
+    if arr is None:
+        return np.zeros((0, 5), np.float32)
+    if arr.shape[1] not in (4, 5):
+        raise ValueError(f"{name}: each box must have 4 or 5 values, got {arr.shape[1]}")
+    if not np.isfinite(arr[:, :4]).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr[:, :4]).all(axis=1))[0])
+        raise ValueError(f"{name}: box {bad} has a non-finite coordinate: {arr[bad].tolist()}")
+    return arr
+
+
+class Detector:
+    """Anime faces and their 28 landmarks.
+
+    Args:
+        face_detector: ``"yolov3"``, ``"faster-rcnn"`` or ``None`` (boxes then come from the caller).
+        face_detector_checkpoint: path of the detector's ``.pth`` / ``.safetensors``; ``None``
+            resolves the released file (``$AFD_TRT_WEIGHTS``, the cache, then a download).
+        landmark_checkpoint: the HRNetV2 checkpoint, resolved the same way.
+        device: ``"cpu"``, ``"cuda:0"``, ... or ``"auto"`` (a GPU when present).
+        flip_test: average the landmarks with those of the mirrored crops (upstream default).
+        box_scale_factor: detected boxes are enlarged by this factor before landmarks.
+        backend: network runner, one of ``afd_trt.engines.ENGINES``.
+        face_detector_config / landmark_config: a config name, TOML path or config object,
+            overriding the packaged ``configs/`` files.
+        download: allow downloading released weights when not found locally.
+        threads: worker threads of the C++ ops (0: one per core).
+        max_batch: largest landmark batch (faces, before flip doubling) per network call.
+    """
+
+    def __init__(
+        self,
+        face_detector: str | None = "yolov3",
+        face_detector_checkpoint: str | Path | None = None,
+        landmark_checkpoint: str | Path | None = None,
+        device: str | torch.device = "auto",
+        flip_test: bool = True,
+        box_scale_factor: float = 1.1,
+        backend: str = "torch",
+        *,
+        face_detector_config: str | Path | ModelConfig | None = None,
+        landmark_config: str | Path | ModelConfig | None = None,
+        download: bool = True,
+        threads: int = 0,
+        max_batch: int = 64,
+    ) -> None:
+        if face_detector is not None and face_detector not in FACE_DETECTORS:
+            raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
+        if not np.isfinite(box_scale_factor) or box_scale_factor <= 0:
+            raise ValueError(f"box_scale_factor must be a positive number, got {box_scale_factor!r}")
+        self.device = resolve_device(device)
+        self.flip_test = bool(flip_test)
+        self.box_scale_factor = float(box_scale_factor)
+        self.backend = backend
+
+        lm_cfg = _as_config(landmark_config, "hrnetv2")
+        if not isinstance(lm_cfg, HRNetConfig):
+            raise ValueError(f"landmark_config must describe an hrnetv2 model, got type {lm_cfg.type!r}")
+        self.landmark_config = lm_cfg
+        lm_path = resolve_checkpoint(lm_cfg.weights, landmark_checkpoint, download=download)
+        lm_model = self._load_model("hrnetv2", lm_path)
+        self.landmarks = LandmarkEstimator(
+            lm_cfg, create_engine(backend, lm_model, self.device), max_batch=max_batch, threads=threads
+        )
+
+        self.face_detector_name = face_detector
+        self.face_detector: FaceDetector | None = None
+        self.face_detector_config: ModelConfig | None = None
+        if face_detector is not None:
+            det_cfg = _as_config(face_detector_config, face_detector)
+            if det_cfg.type != face_detector:
+                raise ValueError(
+                    f"face_detector_config describes a {det_cfg.type!r} model but face_detector={face_detector!r}"
+                )
+            self.face_detector_config = det_cfg
+            det_path = resolve_checkpoint(det_cfg.weights, face_detector_checkpoint, download=download)
+            det_model = self._load_model(face_detector, det_path)
+            if isinstance(det_cfg, YOLOv3Config):
+                self.face_detector = YOLOv3FaceDetector(
+                    det_cfg, create_engine(backend, det_model, self.device)
+                )
+            else:
+                assert isinstance(det_cfg, FasterRCNNConfig)
+                stage1 = create_engine(backend, det_model, self.device)
+                head = create_engine(backend, det_model.roi_head.bbox_head, self.device)
+                self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head)
+
+    @staticmethod
+    def _load_model(name: str, path: Path) -> torch.nn.Module:
+        model = build_model(name)
+        load_into(model, load_state_dict(path), str(path))
+        marker = is_test_weights(path)
+        if marker:
+            logger.warning("%s: seeded afd_trt TEST weights (%s): they detect nothing real", path, marker)
+        return model.eval()
+
+    # -- public API ------------------------------------------------------------------------
+
+    def __call__(self, image: ImageInput, boxes: Sequence[Any] | np.ndarray | None = None) -> list[Face]:
+        """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring."""
+        img = load_image(image)
+        return self._run([img], [boxes], stacklevel=3)[0]
+
+    def detect_batch(
+        self,
+        images: Iterable[ImageInput],
+        boxes: Sequence[Sequence[Any] | np.ndarray | None] | None = None,
+    ) -> list[list[Face]]:
+        """Faces and landmarks of several images: one detector forward per group of images whose
+        padded inputs share a shape, one landmark forward for all their faces. Results equal
+        per-image calls. An image that fails (unreadable, bad boxes) never loses the others'
+        results: a ``BatchError`` carries them and every failure."""
+        items = list(images)
+        per_boxes: list[Any] = list(boxes) if boxes is not None else [None] * len(items)
+        if len(per_boxes) != len(items):
+            raise ValueError(f"boxes: got {len(per_boxes)} box lists for {len(items)} images")
+        loaded: list[np.ndarray | None] = []
+        errors: dict[int, Exception] = {}
+        for i, item in enumerate(items):
+            try:
+                loaded.append(load_image(item))
+            except (TypeError, ValueError) as e:
+                errors[i] = e
+                loaded.append(None)
+        ok = [i for i in range(len(items)) if loaded[i] is not None]
+        results: list[list[Face] | None] = [None] * len(items)
+        if ok:
+            try:
+                done = self._run([loaded[i] for i in ok], [per_boxes[i] for i in ok], stacklevel=3)  # type: ignore[misc]
+                for i, r in zip(ok, done, strict=True):
+                    results[i] = r
+            except (TypeError, ValueError):
+                # Find the culprit(s) one by one rather than lose the whole batch.
+                for i in ok:
+                    try:
+                        results[i] = self._run([loaded[i]], [per_boxes[i]], stacklevel=3)[0]  # type: ignore[list-item]
+                    except (TypeError, ValueError) as e:
+                        errors[i] = e
+        if errors:
+            raise BatchError(results, errors)
+        return [r if r is not None else [] for r in results]
+
+    # -- pipeline ----------------------------------------------------------------------------
+
+    def detect_faces(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Expanded face boxes float32 (K, 5) per BGR uint8 image (requires a face detector)."""
+        if self.face_detector is None:
+            raise ValueError("detect_faces: this Detector was built with face_detector=None")
+        prepared = [self.face_detector.prepare(img) for img in images]
+        raw = self.face_detector.detect_prepared(prepared)
+        return [expand_boxes(b, self.box_scale_factor) for b in raw]
+
+    def _run(self, images: Sequence[np.ndarray], boxes: Sequence[Any], stacklevel: int) -> list[list[Face]]:
+        all_boxes: list[np.ndarray | None] = [None] * len(images)
+        need = []
+        for i, (img, b) in enumerate(zip(images, boxes, strict=True)):
+            if b is not None:
+                all_boxes[i] = _user_boxes(b, f"boxes of image {i}")
+            elif self.face_detector is None:
+                warnings.warn(
+                    "Neither the face detector nor the bounding box is specified. "
+                    "So the entire image is treated as the face region.",
+                    UserWarning,
+                    stacklevel=stacklevel,
+                )
+                h, w = img.shape[:2]
+                all_boxes[i] = np.array([[0, 0, w - 1, h - 1, 1]], dtype=np.float32)
+            else:
+                need.append(i)
+        if need:
+            for i, det in zip(need, self.detect_faces([images[i] for i in need]), strict=True):
+                all_boxes[i] = det
+        final = [b if b is not None else np.zeros((0, 5), np.float32) for b in all_boxes]
+        kpts = self.landmarks.estimate(images, final, self.flip_test)
+        return [
+            [{"bbox": box.copy(), "keypoints": kp} for box, kp in zip(bx, kps, strict=True)]
+            for bx, kps in zip(final, kpts, strict=True)
+        ]
+
+
+def create_detector(
+    face_detector_name: str = "yolov3",
+    landmark_model_name: str = "hrnetv2",
+    device: str | torch.device = "auto",
+    flip_test: bool = True,
+    box_scale_factor: float = 1.1,
+    **kwargs: Any,
+) -> Detector:
+    """Upstream's ``create_detector``: the released weights (resolved or downloaded, see
+    ``afd_trt.weights.resolve_checkpoint``) for ``"yolov3"`` or ``"faster-rcnn"`` plus ``"hrnetv2"``."""
+    if face_detector_name not in FACE_DETECTORS:
+        raise ValueError(f"face_detector_name must be 'yolov3' or 'faster-rcnn', got {face_detector_name!r}")
+    if landmark_model_name != "hrnetv2":
+        raise ValueError(f"landmark_model_name must be 'hrnetv2', got {landmark_model_name!r}")
+    return Detector(
+        face_detector=face_detector_name,
+        device=device,
+        flip_test=flip_test,
+        box_scale_factor=box_scale_factor,
+        **kwargs,
+    )

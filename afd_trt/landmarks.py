@@ -1,0 +1,163 @@
+"""28-point landmarks with HRNetV2: upstream's top-down path, batched over all faces.
+
+Boxes -> (center, scale) with 1.25 padding at the crop's aspect ratio -> affine crops (C++ warp,
+normalised in the same pass) -> one network forward for all faces (the flip test doubles the
+batch instead of running twice) -> flip merge, argmax and sub-pixel refinement (C++).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from . import ops
+from .config import HRNetConfig
+from .engines import Engine
+
+__all__ = ["LandmarkEstimator", "boxes_to_center_scale", "crop_matrices"]
+
+logger = logging.getLogger(__name__)
+
+
+def boxes_to_center_scale(
+    boxes: np.ndarray, aspect_ratio: float, padding: float, pixel_std: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Face boxes to crop centers and scales, as mmpose's top-down pipeline.
+
+    Args:
+        boxes: float32 (N, >=4) ``[x1, y1, x2, y2, ...]`` in pixels.
+        aspect_ratio: crop width / height.
+        padding: scale multiplier (1.25).
+        pixel_std: scale unit in pixels (200).
+
+    Returns:
+        centers float32 (N, 2) (x, y) and scales float32 (N, 2) (w, h) in units of ``pixel_std``.
+    """
+    b = np.asarray(boxes, dtype=np.float32)
+    x, y = b[:, 0], b[:, 1]
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    centers = np.stack([x + w * np.float32(0.5), y + h * np.float32(0.5)], axis=1).astype(np.float32)
+    ar = np.float32(aspect_ratio)
+    wider = w > ar * h
+    narrower = w < ar * h
+    h = np.where(wider, w * np.float32(1.0) / ar, h)
+    w = np.where(narrower, h * ar, w)
+    scales = (np.stack([w, h], axis=1).astype(np.float32) / np.float32(pixel_std)) * np.float32(padding)
+    return centers, scales.astype(np.float32)
+
+
+def crop_matrices(
+    centers: np.ndarray, scales: np.ndarray, out_size: tuple[int, int], pixel_std: float
+) -> np.ndarray:
+    """Forward affine maps (image -> crop) putting each center at the crop center.
+
+    Built from three point pairs and ``cv2.getAffineTransform`` with float32 points, the same
+    construction upstream uses, so the float64 matrices are bit-identical to its own.
+
+    Args:
+        centers: float32 (N, 2); scales: float32 (N, 2) in ``pixel_std`` units.
+        out_size: crop (w, h).
+
+    Returns:
+        float64 (N, 2, 3).
+    """
+    out_w, out_h = out_size
+    dst = np.array(
+        [[out_w * 0.5, out_h * 0.5], [out_w * 0.5, out_h * 0.5 - out_w * 0.5], [0.0, 0.0]], np.float32
+    )
+    dst[2] = dst[1] + np.array([-(dst[0, 1] - dst[1, 1]), dst[0, 0] - dst[1, 0]], np.float32)
+    mats = np.empty((len(centers), 2, 3), np.float64)
+    for i, (c, s) in enumerate(zip(centers, scales, strict=True)):
+        src_w = (s * np.float32(pixel_std))[0]
+        src = np.zeros((3, 2), np.float32)
+        src[0] = c
+        src[1] = c + np.array([0.0, float(src_w * np.float32(-0.5))])
+        d = src[0] - src[1]
+        src[2] = src[1] + np.array([-d[1], d[0]], np.float32)
+        mats[i] = cv2.getAffineTransform(src, dst)
+    return mats
+
+
+class LandmarkEstimator:
+    """HRNetV2 landmarks for boxes in one or many images, all faces in one batch."""
+
+    def __init__(self, cfg: HRNetConfig, engine: Engine, max_batch: int = 64, threads: int = 0) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.max_batch = max_batch
+        self.threads = threads
+        self._flip_pairs = np.asarray(cfg.flip_pairs, dtype=np.int64).reshape(-1, 2)
+
+    def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
+        cfg = self.cfg
+        w, h = cfg.input_size
+        centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
+        mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
+        crops = ops.warp_crops(image, mats, (w, h), cfg.mean, cfg.std, threads=self.threads)
+        return crops, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
+
+    def _heatmaps(self, crops: np.ndarray, flip_test: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        n = len(crops)
+        outs: list[np.ndarray] = []
+        flips: list[np.ndarray] = []
+        step = max(1, self.max_batch // 2 if flip_test else self.max_batch)
+        for s in range(0, n, step):
+            x = torch.from_numpy(crops[s : s + step])
+            if flip_test:
+                x = torch.cat([x, x.flip(3)])
+            (hm,) = self.engine(x)
+            hm_np = np.ascontiguousarray(hm.detach().to("cpu", torch.float32).numpy())
+            k = len(hm_np) // 2 if flip_test else len(hm_np)
+            outs.append(hm_np[:k])
+            if flip_test:
+                flips.append(hm_np[k:])
+        heat = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+        flipped = np.ascontiguousarray(np.concatenate(flips)) if flip_test and flips else None
+        return np.ascontiguousarray(heat), flipped
+
+    def estimate(
+        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], flip_test: bool
+    ) -> list[np.ndarray]:
+        """Landmarks for every box of every image.
+
+        Args:
+            images: BGR uint8 (H, W, 3) arrays.
+            boxes: per image, float32 (N_i, >=4) boxes in that image's pixels.
+            flip_test: average with the horizontally flipped crops.
+
+        Returns:
+            Per image, float32 (N_i, K, 3) = (x, y, score) in image pixels.
+        """
+        cfg = self.cfg
+        k = cfg.num_keypoints
+        counts = [len(b) for b in boxes]
+        out: list[np.ndarray] = [np.zeros((0, k, 3), np.float32) for _ in images]
+        if sum(counts) == 0:
+            return out
+        parts = [self.crops(img, b) for img, b in zip(images, boxes, strict=True) if len(b)]
+        crops = np.concatenate([p[0] for p in parts])
+        centers = np.concatenate([p[1] for p in parts])
+        sizes = np.concatenate([p[2] for p in parts])
+        heat, flipped = self._heatmaps(crops, flip_test)
+        kpts = ops.decode_heatmaps(
+            heat,
+            centers,
+            sizes,
+            mode=cfg.decode,
+            blur_kernel=cfg.blur_kernel,
+            flipped=flipped,
+            flip_pairs=self._flip_pairs if flipped is not None else None,
+            shift=cfg.shift_heatmap,
+            threads=self.threads,
+        )
+        start = 0
+        for i, n in enumerate(counts):
+            if n:
+                out[i] = kpts[start : start + n]
+                start += n
+        return out

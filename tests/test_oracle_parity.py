@@ -1,0 +1,171 @@
+"""afd_trt.Detector against upstream anime-face-detector 0.1.0 on the same seeded checkpoints.
+
+Tolerances (the contract): same face count; boxes <= 1e-3 px, box scores <= 1e-5;
+keypoints <= 0.05 px, keypoint scores <= 1e-4. Worst measured values are printed (-s to see).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from images import synthetic, tadne_crop
+
+import afd_trt
+from afd_trt.test_weights import write_test_weights
+
+anime_face_detector = pytest.importorskip(
+    "anime_face_detector",
+    reason="the oracle: pip install --no-deps --ignore-requires-python anime-face-detector==0.1.0",
+)
+
+pytestmark = pytest.mark.oracle
+
+BOX_TOL, BOX_SCORE_TOL, KPT_TOL, KPT_SCORE_TOL = 1e-3, 1e-5, 0.05, 1e-4
+
+WORST: dict[str, float] = {"box": 0.0, "box_score": 0.0, "kpt": 0.0, "kpt_score": 0.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_worst() -> Iterator[None]:
+    yield
+    print(f"\nworst deviation vs upstream: {WORST}")
+
+
+@pytest.fixture(scope="module", params=[0, 7], ids=lambda s: f"seed{s}")
+def weights(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, Path]]:
+    out = tmp_path_factory.mktemp(f"weights_seed{request.param}")
+    return write_test_weights(out, seed=request.param)
+
+
+def _oracle(weights: dict[str, dict[str, Path]], detector: str | None, flip: bool, factor: float) -> Any:
+    return anime_face_detector.LandmarkDetector(
+        weights["hrnetv2"]["pth"],
+        face_detector_name=detector,
+        face_detector_checkpoint_path=weights[detector]["pth"] if detector else None,
+        device="cpu",
+        flip_test=flip,
+        box_scale_factor=factor,
+    )
+
+
+def _ours(
+    weights: dict[str, dict[str, Path]], detector: str | None, flip: bool, factor: float, fmt: str
+) -> Any:
+    return afd_trt.Detector(
+        face_detector=detector,
+        face_detector_checkpoint=weights[detector][fmt] if detector else None,
+        landmark_checkpoint=weights["hrnetv2"][fmt],
+        device="cpu",
+        flip_test=flip,
+        box_scale_factor=factor,
+    )
+
+
+def assert_same_faces(ours: list[dict[str, np.ndarray]], ref: list[dict[str, np.ndarray]], what: str) -> None:
+    assert len(ours) == len(ref), f"{what}: {len(ours)} faces, upstream {len(ref)}"
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        assert a["bbox"].dtype == np.float32
+        assert a["keypoints"].dtype == np.float32
+        assert a["bbox"].shape == b["bbox"].shape, f"{what} face {i}: bbox shape"
+        assert a["keypoints"].shape == b["keypoints"].shape == (28, 3)
+        d_box = float(np.abs(a["bbox"][:4] - b["bbox"][:4]).max())
+        d_score = float(np.abs(a["bbox"][4:] - b["bbox"][4:]).max(initial=0.0))
+        d_kpt = float(np.abs(a["keypoints"][:, :2] - b["keypoints"][:, :2]).max())
+        d_kscore = float(np.abs(a["keypoints"][:, 2] - b["keypoints"][:, 2]).max())
+        for k, v in (("box", d_box), ("box_score", d_score), ("kpt", d_kpt), ("kpt_score", d_kscore)):
+            WORST[k] = max(WORST[k], v)
+        assert d_box <= BOX_TOL, f"{what} face {i}: box off by {d_box} px"
+        assert d_score <= BOX_SCORE_TOL, f"{what} face {i}: box score off by {d_score}"
+        assert d_kpt <= KPT_TOL, f"{what} face {i}: keypoints off by {d_kpt} px"
+        assert d_kscore <= KPT_SCORE_TOL, f"{what} face {i}: keypoint scores off by {d_kscore}"
+
+
+IMAGES: dict[str, Callable[[], np.ndarray]] = {
+    "tadne_720p": lambda: tadne_crop(0, 512, 3072, 1728, (1280, 720)),
+    "tadne_tile": lambda: tadne_crop(2048, 1536, 512, 512),
+    "tadne_odd": lambda: tadne_crop(700, 300, 517, 389),
+    "tadne_wide": lambda: tadne_crop(0, 1024, 3072, 400, (1536, 200)),
+    "tiny": lambda: tadne_crop(2300, 1600, 37, 29),
+    "synthetic_tall": lambda: synthetic(700, 333, seed=3),
+}
+
+
+@pytest.mark.parametrize("image_name", list(IMAGES))
+def test_yolov3_matches_upstream(weights: dict[str, dict[str, Path]], image_name: str) -> None:
+    image = IMAGES[image_name]()
+    ref = _oracle(weights, "yolov3", True, 1.1)(image)
+    ours = _ours(weights, "yolov3", True, 1.1, "pth")(image)
+    assert_same_faces(ours, ref, f"yolov3/{image_name}")
+
+
+@pytest.mark.parametrize(
+    ("flip", "factor", "fmt"), [(False, 1.1, "safetensors"), (True, 1.35, "pth"), (False, 0.9, "pth")]
+)
+def test_yolov3_options_match_upstream(
+    weights: dict[str, dict[str, Path]], flip: bool, factor: float, fmt: str
+) -> None:
+    image = IMAGES["tadne_odd"]()
+    ref = _oracle(weights, "yolov3", flip, factor)(image)
+    ours = _ours(weights, "yolov3", flip, factor, fmt)(image)
+    assert_same_faces(ours, ref, f"yolov3 flip={flip} factor={factor}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("image_name", "flip"), [("tadne_720p", True), ("tadne_odd", False), ("tiny", True)])
+def test_faster_rcnn_matches_upstream(
+    weights: dict[str, dict[str, Path]], image_name: str, flip: bool
+) -> None:
+    image = IMAGES[image_name]()
+    ref = _oracle(weights, "faster-rcnn", flip, 1.1)(image)
+    ours = _ours(weights, "faster-rcnn", flip, 1.1, "safetensors")(image)
+    assert_same_faces(ours, ref, f"faster-rcnn/{image_name}")
+
+
+def test_user_boxes_match_upstream(weights: dict[str, dict[str, Path]]) -> None:
+    image = IMAGES["tadne_720p"]()
+    boxes = [
+        np.array([100.5, 80.25, 260.0, 250.0, 0.9], np.float32),
+        np.array([600.0, 300.0, 690.0, 410.0], np.float32),  # 4 values: returned as given
+        np.array([-30.0, -20.0, 90.0, 70.0, 0.5], np.float32),  # partly outside the image
+        np.array([1200.0, 650.0, 1400.0, 800.0, 0.2], np.float32),
+    ]
+    four = [boxes[1], boxes[1] + np.float32(3)]
+    five = [boxes[0], boxes[2], boxes[3]]
+    for flip in (True, False):
+        for group in (five, four):
+            ref = _oracle(weights, None, flip, 1.1)(image, boxes=group)
+            ours = _ours(weights, None, flip, 1.1, "pth")(image, boxes=group)
+            assert_same_faces(ours, ref, f"user boxes flip={flip}")
+    assert _ours(weights, None, True, 1.1, "pth")(image, boxes=[]) == []
+
+
+def test_whole_image_without_detector_matches_upstream(weights: dict[str, dict[str, Path]]) -> None:
+    image = IMAGES["tadne_odd"]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref = _oracle(weights, None, True, 1.1)(image)
+    with pytest.warns(UserWarning, match="entire image"):
+        ours = _ours(weights, None, True, 1.1, "pth")(image)
+    assert_same_faces(ours, ref, "whole image")
+
+
+def test_detect_batch_equals_single_calls(weights: dict[str, dict[str, Path]]) -> None:
+    det = _ours(weights, "yolov3", True, 1.1, "pth")
+    imgs = [
+        IMAGES["tadne_tile"](),
+        IMAGES["tadne_720p"](),
+        tadne_crop(1024, 2048, 512, 512),
+        IMAGES["tiny"](),
+    ]
+    batch = det.detect_batch(imgs)
+    assert len(batch) == len(imgs)
+    assert sum(len(r) for r in batch) > 0
+    for img, got in zip(imgs, batch, strict=True):
+        assert_same_faces(got, det(img), "detect_batch vs single")
