@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job, offline: install, write SEEDED TEST WEIGHTS (they detect nothing real), make a
+# demo image, detect faces and landmarks on it, and time the pipeline.
+# With real weights instead: .venv/bin/afd-trt detect IMAGES -o faces.jsonl (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+out=runs/demo
+mkdir -p "$out"
+.venv/bin/afd-trt make-test-weights "$out/weights" --seed 0 >/dev/null
+.venv/bin/python scripts/make_demo_image.py "$out/demo.jpg"
+.venv/bin/afd-trt detect "$out/demo.jpg" -o "$out/faces.jsonl" --device cpu \
+  --face-detector-checkpoint "$out/weights/mmdet_anime-face_yolov3.pth" \
+  --landmark-checkpoint "$out/weights/mmpose_anime-face_hrnetv2.pth"
+.venv/bin/python - "$out/faces.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    rec = json.loads(line)
+    print(f"{rec['path']}: {rec.get('width')}x{rec.get('height')}, {len(rec.get('faces', []))} faces"
+          " (seeded TEST weights: the boxes are not real faces)")
+PY
