@@ -81,6 +81,7 @@ _RETRY_BACKOFF_S = 0.25  # before retry k (0-based): _RETRY_BACKOFF_S * 2**k sec
 _PROGRESS_EVERY_S = 2.0
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _LIST_LIMIT = 10  # names shown per category in a state-dict mismatch message
+_PERMANENT_HTTP = frozenset(range(400, 500)) - {408, 425, 429}  # HTTP errors not worth retrying
 
 # Files whose digest was checked this process: (path, size, mtime_ns, digest). Hashing a
 # 250 MB checkpoint costs ~0.2 s; a second model built from the same file should not pay it.
@@ -500,9 +501,6 @@ def _copy_stream(src: BinaryIO, out: BinaryIO, total: int | None, url: str) -> t
             pct = f" ({100.0 * n / total:.0f}%)" if total else ""
             logger.info("  %s: %.1f MiB%s, %.1f MiB/s", url, n / 2**20, pct, n / 2**20 / (now - t0))
     return n, h.hexdigest()
-
-
-_PERMANENT_HTTP = frozenset(range(400, 500)) - {408, 425, 429}
 
 
 def _fetch_once(url: str, dest: Path, timeout: float) -> tuple[Path, int, str]:

@@ -41,6 +41,18 @@ def serve_bytes(payload: bytes, *, delay_mid_s: float = 0.0, chunk: int = 1 << 1
     return handle
 
 
+def serve_unsized(payload: bytes) -> Behaviour:
+    """200 with ``payload`` and no Content-Length: the body ends when the connection closes."""
+
+    def handle(req: BaseHTTPRequestHandler, hit: int) -> None:
+        req.send_response(200)
+        req.end_headers()
+        req.wfile.write(payload)
+        req.close_connection = True
+
+    return handle
+
+
 def serve_truncated(payload: bytes, sent: int) -> Behaviour:
     """Announce ``len(payload)`` bytes, send only the first ``sent``, then close the connection."""
 

@@ -23,6 +23,7 @@ from http_server import (
     fail_first,
     serve_bytes,
     serve_truncated,
+    serve_unsized,
     stall,
 )
 from safetensors.torch import save_file
@@ -351,6 +352,14 @@ def test_download_interrupted(tmp_path: Path, retries: int) -> None:
             download(srv.url("/f"), dest, retries=retries)
         assert srv.hits["/f"] == 1 + retries
     assert _leftovers(tmp_path) == []
+
+
+def test_download_without_content_length(tmp_path: Path) -> None:
+    data = _payload(size_pad=50_000)
+    dest = tmp_path / FILE
+    with LocalServer({"/f": serve_unsized(data)}) as srv:
+        download(srv.url("/f"), dest, sha256=_sha(data))
+    assert dest.read_bytes() == data
 
 
 def test_download_404_not_retried(tmp_path: Path) -> None:
