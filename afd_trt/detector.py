@@ -22,7 +22,7 @@ from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDete
 from .image import ImageInput, load_image
 from .landmarks import LandmarkEstimator
 from .models import build_model
-from .weights import is_test_weights, load_into, load_state_dict, resolve_checkpoint
+from .weights import load_checkpoint, resolve_checkpoint
 
 __all__ = ["BatchError", "Detector", "Face", "create_detector", "expand_boxes", "resolve_device"]
 
@@ -181,10 +181,7 @@ class Detector:
     @staticmethod
     def _load_model(name: str, path: Path) -> torch.nn.Module:
         model = build_model(name)
-        load_into(model, load_state_dict(path), str(path))
-        marker = is_test_weights(path)
-        if marker:
-            logger.warning("%s: seeded afd_trt TEST weights (%s): they detect nothing real", path, marker)
+        load_checkpoint(model, path)  # strict keys; logs loudly for seeded test weights
         return model.eval()
 
     # -- public API ------------------------------------------------------------------------
