@@ -73,7 +73,7 @@ def yolo_postprocess(
         decreasing score.
     """
     return _C.yolo_postprocess(
-        list(pred_maps), strides, base_sizes, scale_factor, conf_thr, score_thr, nms_iou, max_per_img
+        pred_maps, strides, base_sizes, scale_factor, conf_thr, score_thr, nms_iou, max_per_img
     )
 
 
@@ -116,7 +116,7 @@ def rpn_proposals(
         float32 (K, 5): (x1, y1, x2, y2, sigmoid score) in resized-image pixels, by decreasing score.
     """
     return _C.rpn_proposals(
-        list(cls_scores), list(bbox_preds), strides, ratios, scales, img_shape,
+        cls_scores, bbox_preds, strides, ratios, scales, img_shape,
         nms_pre, nms_iou, max_per_img, min_bbox_size, target_means, target_stds,
     )  # fmt: skip
 
@@ -209,7 +209,7 @@ def multilevel_roi_align(
         float32 (K, C, output_size, output_size).
     """
     return _C.multilevel_roi_align(
-        list(feats), rois, featmap_strides, finest_scale, output_size, sampling_ratio, aligned
+        feats, rois, featmap_strides, finest_scale, output_size, sampling_ratio, aligned
     )
 
 

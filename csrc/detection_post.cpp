@@ -15,6 +15,7 @@
 
 #include "box_utils.h"
 #include "common.h"
+#include "level_list.h"
 
 namespace py = pybind11;
 using afd::det::sigmoid;
@@ -23,23 +24,6 @@ namespace {
 
 using FArray = py::array_t<float, py::array::c_style>;
 
-// A list/tuple of float32 C-contiguous arrays of the given ndim; names elements "name[i]".
-std::vector<FArray> expect_array_list(const py::object& obj, const char* name, py::ssize_t ndim) {
-  if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj)) {
-    afd::fail(name, " must be a list or tuple of numpy arrays, got ",
-              std::string(py::str(py::type::of(obj).attr("__name__"))));
-  }
-  std::vector<FArray> out;
-  const auto seq = py::reinterpret_borrow<py::sequence>(obj);
-  for (size_t i = 0; i < seq.size(); ++i) {
-    const std::string item = afd::cat(name, "[", i, "]");
-    auto arr = afd::expect_array<float>(seq[i], item.c_str());
-    afd::expect_ndim(arr, ndim, item.c_str());
-    out.push_back(arr);
-  }
-  if (out.empty()) afd::fail(name, " must hold at least one feature level, got an empty sequence");
-  return out;
-}
 
 void expect_len(size_t got, size_t want, const char* name, const char* what) {
   if (got != want) afd::fail(name, " must have ", want, " entries (", what, "), got ", got);
@@ -133,7 +117,7 @@ py::array_t<float> nms_to_dets(const Candidates& cand, double nms_iou, int64_t m
 py::array_t<float> yolo_postprocess(const py::object& pred_maps_obj, const std::vector<int64_t>& strides,
                                     const py::object& base_sizes_obj, const py::object& scale_factor_obj,
                                     double conf_thr, double score_thr, double nms_iou, int64_t max_per_img) {
-  const auto maps = expect_array_list(pred_maps_obj, "pred_maps", 3);
+  const auto maps = afd::expect_level_list(pred_maps_obj, "pred_maps", 3);
   const size_t levels = maps.size();
   expect_len(strides.size(), levels, "strides", "one per pred_maps level");
   for (size_t l = 0; l < levels; ++l) {
@@ -222,8 +206,8 @@ py::array_t<float> rpn_proposals(const py::object& cls_scores_obj, const py::obj
                                  const std::vector<double>& scales, const std::vector<int64_t>& img_shape_v,
                                  int64_t nms_pre, double nms_iou, int64_t max_per_img, double min_bbox_size,
                                  const std::vector<double>& target_means, const std::vector<double>& target_stds) {
-  const auto cls_maps = expect_array_list(cls_scores_obj, "cls_scores", 3);
-  const auto reg_maps = expect_array_list(bbox_preds_obj, "bbox_preds", 3);
+  const auto cls_maps = afd::expect_level_list(cls_scores_obj, "cls_scores", 3);
+  const auto reg_maps = afd::expect_level_list(bbox_preds_obj, "bbox_preds", 3);
   const size_t levels = cls_maps.size();
   expect_len(reg_maps.size(), levels, "bbox_preds", "one per cls_scores level");
   expect_len(strides.size(), levels, "strides", "one per cls_scores level");

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common.h"
+#include "level_list.h"
 
 namespace py = pybind11;
 
@@ -218,23 +219,16 @@ py::array_t<float> roi_align(const py::object& feature_obj, const py::object& ro
 py::array_t<float> multilevel_roi_align(const py::object& feats_obj, const py::object& rois_obj,
                                         const std::vector<int64_t>& featmap_strides, double finest_scale,
                                         int64_t output_size, int64_t sampling_ratio, bool aligned) {
-  if (!py::isinstance<py::list>(feats_obj) && !py::isinstance<py::tuple>(feats_obj)) {
-    afd::fail("feats must be a list or tuple of numpy arrays, got ",
-              std::string(py::str(py::type::of(feats_obj).attr("__name__"))));
-  }
-  const auto seq = py::reinterpret_borrow<py::sequence>(feats_obj);
-  std::vector<FArray> feats;
-  for (size_t i = 0; i < seq.size(); ++i) {
-    const std::string name = afd::cat("feats[", i, "]");
-    auto f = afd::expect_array<float>(seq[i], name.c_str());
-    afd::expect_ndim(f, 3, name.c_str());
-    if (f.shape(1) < 1 || f.shape(2) < 1) afd::fail(name, " must have a non-empty (H, W) plane, got shape ", afd::shape_str(f));
-    if (!feats.empty() && f.shape(0) != feats[0].shape(0)) {
-      afd::fail(name, " must have ", feats[0].shape(0), " channels like feats[0], got shape ", afd::shape_str(f));
+  const std::vector<FArray> feats = afd::expect_level_list(feats_obj, "feats", 3);
+  for (size_t i = 0; i < feats.size(); ++i) {
+    const FArray& f = feats[i];
+    if (f.shape(1) < 1 || f.shape(2) < 1) {
+      afd::fail("feats[", i, "] must have a non-empty (H, W) plane, got shape ", afd::shape_str(f));
     }
-    feats.push_back(f);
+    if (f.shape(0) != feats[0].shape(0)) {
+      afd::fail("feats[", i, "] must have ", feats[0].shape(0), " channels like feats[0], got shape ", afd::shape_str(f));
+    }
   }
-  if (feats.empty()) afd::fail("feats must hold at least one feature level, got an empty sequence");
   const int64_t levels = static_cast<int64_t>(feats.size());
   if (static_cast<int64_t>(featmap_strides.size()) != levels) {
     afd::fail("featmap_strides must have ", levels, " entries (one per feats level), got ", featmap_strides.size());
