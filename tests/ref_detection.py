@@ -158,7 +158,7 @@ def ref_rpn_proposals(
     """RPN proposals of one image; see ``afd_trt.ops.rpn_proposals`` for the contract."""
     boxes_l, scores_l, ids_l = [], [], []
     for level, (cls, reg, stride) in enumerate(zip(cls_scores, bbox_preds, strides, strict=True)):
-        a, h, w = cls.shape
+        _, h, w = cls.shape
         scores = sigmoid(cls.transpose(1, 2, 0).reshape(-1))
         deltas = reg.transpose(1, 2, 0).reshape(-1, 4)
         anchors = ref_rpn_anchors(stride, ratios, scales, h, w)
