@@ -40,7 +40,8 @@ def nms(
         int64 (K,) indices into ``boxes``, by decreasing score; equal scores keep input order
         (torchvision's CPU kernel sorts stably too).
     """
-    return _C.nms(boxes, scores, iou_threshold, idxs)
+    keep: NDArray[np.int64] = _C.nms(boxes, scores, iou_threshold, idxs)
+    return keep
 
 
 def yolo_postprocess(
@@ -72,9 +73,10 @@ def yolo_postprocess(
         float32 (K, 5): (x1, y1, x2, y2, score) with score = class prob * objectness, by
         decreasing score.
     """
-    return _C.yolo_postprocess(
+    out: NDArray[np.float32] = _C.yolo_postprocess(
         pred_maps, strides, base_sizes, scale_factor, conf_thr, score_thr, nms_iou, max_per_img
     )
+    return out
 
 
 def rpn_proposals(
@@ -115,10 +117,11 @@ def rpn_proposals(
     Returns:
         float32 (K, 5): (x1, y1, x2, y2, sigmoid score) in resized-image pixels, by decreasing score.
     """
-    return _C.rpn_proposals(
+    out: NDArray[np.float32] = _C.rpn_proposals(
         cls_scores, bbox_preds, strides, ratios, scales, img_shape,
         nms_pre, nms_iou, max_per_img, min_bbox_size, target_means, target_stds,
     )  # fmt: skip
+    return out
 
 
 def rcnn_postprocess(
@@ -153,10 +156,11 @@ def rcnn_postprocess(
     Returns:
         float32 (M, 5): (x1, y1, x2, y2, probability) in original-image pixels, by decreasing score.
     """
-    return _C.rcnn_postprocess(
+    out: NDArray[np.float32] = _C.rcnn_postprocess(
         rois, cls_score, bbox_pred, img_shape, scale_factor, target_means, target_stds,
         score_thr, nms_iou, max_per_img,
     )  # fmt: skip
+    return out
 
 
 def roi_align(
@@ -180,7 +184,8 @@ def roi_align(
     Returns:
         float32 (K, C, output_size, output_size).
     """
-    return _C.roi_align(feature, rois, spatial_scale, output_size, sampling_ratio, aligned)
+    out: NDArray[np.float32] = _C.roi_align(feature, rois, spatial_scale, output_size, sampling_ratio, aligned)
+    return out
 
 
 def multilevel_roi_align(
@@ -208,9 +213,10 @@ def multilevel_roi_align(
     Returns:
         float32 (K, C, output_size, output_size).
     """
-    return _C.multilevel_roi_align(
+    out: NDArray[np.float32] = _C.multilevel_roi_align(
         feats, rois, featmap_strides, finest_scale, output_size, sampling_ratio, aligned
     )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ def sigmoid(x: NDArray[np.float32]) -> NDArray[np.float32]:
         return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
 
 
-def ref_nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou_threshold: float) -> NDArray[np.int64]:
+def ref_nms(
+    boxes: NDArray[np.float32], scores: NDArray[np.float32], iou_threshold: float
+) -> NDArray[np.int64]:
     """Greedy NMS: boxes float32 (N, 4), scores float32 (N,) -> kept int64 (K,) by decreasing score.
 
     Stable descending sort; IoU in float32 (areas without +1) compared with the threshold as double.
@@ -57,7 +59,9 @@ def ref_batched_nms(
     return ref_nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def _dets(boxes: NDArray[np.float32], scores: NDArray[np.float32], keep: NDArray[np.int64]) -> NDArray[np.float32]:
+def _dets(
+    boxes: NDArray[np.float32], scores: NDArray[np.float32], keep: NDArray[np.int64]
+) -> NDArray[np.float32]:
     return np.concatenate([boxes[keep], scores[keep, None]], axis=1).astype(F32).reshape(-1, 5)
 
 
@@ -79,12 +83,19 @@ def ref_yolo_postprocess(
         p = pred.reshape(num_anchors, 6, h, w).transpose(2, 3, 0, 1).reshape(-1, 6)  # (y, x, a) rows
         centre = stride / 2.0
         base = np.stack(
-            [centre - 0.5 * sizes[:, 0], centre - 0.5 * sizes[:, 1], centre + 0.5 * sizes[:, 0], centre + 0.5 * sizes[:, 1]],
+            [
+                centre - 0.5 * sizes[:, 0],
+                centre - 0.5 * sizes[:, 1],
+                centre + 0.5 * sizes[:, 0],
+                centre + 0.5 * sizes[:, 1],
+            ],
             axis=1,
         ).astype(F32)  # (A, 4), from float64 like torch.Tensor of Python floats
         sx = np.arange(w, dtype=F32) * F32(stride)
         sy = np.arange(h, dtype=F32) * F32(stride)
-        shifts = np.stack(np.broadcast_arrays(sx[None, :], sy[:, None], sx[None, :], sy[:, None]), axis=-1)  # (H, W, 4)
+        shifts = np.stack(
+            np.broadcast_arrays(sx[None, :], sy[:, None], sx[None, :], sy[:, None]), axis=-1
+        )  # (H, W, 4)
         anchors = (shifts[:, :, None, :] + base[None, None]).reshape(-1, 4)
         st = F32(stride)
         cx = (anchors[:, 0] + anchors[:, 2]) * F32(0.5) + (sigmoid(p[:, 0]) - F32(0.5)) * st
@@ -127,7 +138,9 @@ def ref_delta2bbox(
     return boxes.astype(F32)
 
 
-def ref_rpn_anchors(stride: int, ratios: Sequence[float], scales: Sequence[float], h: int, w: int) -> NDArray[np.float32]:
+def ref_rpn_anchors(
+    stride: int, ratios: Sequence[float], scales: Sequence[float], h: int, w: int
+) -> NDArray[np.float32]:
     """mmdet AnchorGenerator grid of one level, float32 (H * W * A, 4) in (y, x, anchor) order."""
     h_ratios = np.sqrt(np.asarray(ratios, F32))
     w_ratios = F32(1) / h_ratios
@@ -137,7 +150,9 @@ def ref_rpn_anchors(stride: int, ratios: Sequence[float], scales: Sequence[float
     base = np.stack([-(F32(0.5) * ws), -(F32(0.5) * hs), F32(0.5) * ws, F32(0.5) * hs], axis=1)
     sx = np.arange(w, dtype=F32) * F32(stride)
     sy = np.arange(h, dtype=F32) * F32(stride)
-    shifts = np.stack(np.broadcast_arrays(sx[None, :], sy[:, None], sx[None, :], sy[:, None]), axis=-1).reshape(-1, 4)
+    shifts = np.stack(
+        np.broadcast_arrays(sx[None, :], sy[:, None], sx[None, :], sy[:, None]), axis=-1
+    ).reshape(-1, 4)
     return (base[None, :, :] + shifts[:, None, :]).reshape(-1, 4)
 
 

@@ -76,7 +76,9 @@ def oracle_yolo(kw: dict[str, Any]) -> np.ndarray:
         num_classes=1,
         in_channels=[1] * len(kw["strides"]),
         out_channels=[1] * len(kw["strides"]),
-        anchor_generator=YOLOAnchorGenerator(base_sizes=kw["base_sizes"].tolist(), strides=list(kw["strides"])),
+        anchor_generator=YOLOAnchorGenerator(
+            base_sizes=kw["base_sizes"].tolist(), strides=list(kw["strides"])
+        ),
         bbox_coder=YOLOBBoxCoder(),
         featmap_strides=list(kw["strides"]),
         test_cfg={
@@ -113,11 +115,19 @@ def test_yolo_matches_oracle_and_reference(seed: int, pad_hw: tuple[int, int]) -
 
 @pytest.mark.oracle
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize(("conf_thr", "score_thr", "max_per_img"), [(0.0, 0.05, 300), (0.3, 0.5, 100), (0.5, 0.7, 5)])
-def test_yolo_other_thresholds_match_oracle(seed: int, conf_thr: float, score_thr: float, max_per_img: int) -> None:
+@pytest.mark.parametrize(
+    ("conf_thr", "score_thr", "max_per_img"), [(0.0, 0.05, 300), (0.3, 0.5, 100), (0.5, 0.7, 5)]
+)
+def test_yolo_other_thresholds_match_oracle(
+    seed: int, conf_thr: float, score_thr: float, max_per_img: int
+) -> None:
     rng = np.random.default_rng(100 + seed)
     kw = yolo_kwargs(
-        yolo_maps(rng, (320, 416)), random_scale_factor(rng), conf_thr=conf_thr, score_thr=score_thr, max_per_img=max_per_img
+        yolo_maps(rng, (320, 416)),
+        random_scale_factor(rng),
+        conf_thr=conf_thr,
+        score_thr=score_thr,
+        max_per_img=max_per_img,
     )
     ours = ops.yolo_postprocess(**kw)
     expected = oracle_yolo(kw)
@@ -178,7 +188,9 @@ def test_yolo_decode_of_a_known_anchor() -> None:
     m[0, 4:, 0, 1] = 30.0
     sf = np.array([2.0, 0.5, 2.0, 0.5], F32)
     dets = ops.yolo_postprocess(**{**single_level_kwargs([m.reshape(18, 2, 2)]), "scale_factor": sf})
-    np.testing.assert_allclose(dets[0, :4], [(48 - 58) / 2, (16 - 45) / 0.5, (48 + 58) / 2, (16 + 45) / 0.5], atol=1e-5)
+    np.testing.assert_allclose(
+        dets[0, :4], [(48 - 58) / 2, (16 - 45) / 0.5, (48 + 58) / 2, (16 + 45) / 0.5], atol=1e-5
+    )
 
 
 def test_yolo_no_candidates_and_max_per_img() -> None:
@@ -231,7 +243,9 @@ def test_yolo_input_errors(over: dict[str, Any], match: str) -> None:
 NUM_RPN_ANCHORS = len(FRCNN.anchor_ratios) * len(FRCNN.anchor_scales)
 
 
-def rpn_outputs(rng: np.random.Generator, pad_hw: tuple[int, int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def rpn_outputs(
+    rng: np.random.Generator, pad_hw: tuple[int, int]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per level (A, H, W) logits and (4A, H, W) deltas.
 
     Logits are a shuffled linspace, so no two sigmoid scores are equal (torch's CPU sort is
@@ -248,7 +262,9 @@ def rpn_outputs(rng: np.random.Generator, pad_hw: tuple[int, int]) -> tuple[list
     return cls, reg
 
 
-def rpn_kwargs(cls: list[np.ndarray], reg: list[np.ndarray], img_shape: tuple[int, int], **over: Any) -> dict[str, Any]:
+def rpn_kwargs(
+    cls: list[np.ndarray], reg: list[np.ndarray], img_shape: tuple[int, int], **over: Any
+) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "cls_scores": cls,
         "bbox_preds": reg,
@@ -273,7 +289,9 @@ def oracle_rpn(kw: dict[str, Any]) -> np.ndarray:
     head = RPNHead(
         in_channels=1,
         feat_channels=1,
-        anchor_generator=AnchorGenerator(scales=list(kw["scales"]), ratios=list(kw["ratios"]), strides=list(kw["strides"])),
+        anchor_generator=AnchorGenerator(
+            scales=list(kw["scales"]), ratios=list(kw["ratios"]), strides=list(kw["strides"])
+        ),
         bbox_coder=DeltaXYWHBBoxCoder(target_means=kw["target_means"], target_stds=kw["target_stds"]),
         test_cfg={
             "nms_pre": kw["nms_pre"],
@@ -340,7 +358,10 @@ RPN_ERRORS = [
     ({"cls_scores": np.zeros((3, 2, 2), F32)}, "cls_scores must be a sequence of numpy arrays"),
     ({"bbox_preds": [np.zeros((12, 2, 2), F32)]}, "bbox_preds must have 2 entries"),
     ({"bbox_preds": [np.zeros((12, 2, 3), F32)] * 2}, r"bbox_preds\[0\] must have shape \(12, 2, 2\)"),
-    ({"cls_scores": [np.zeros((2, 2, 2), F32)] * 2}, r"cls_scores\[0\] must have A = len\(ratios\) \* len\(scales\) = 3"),
+    (
+        {"cls_scores": [np.zeros((2, 2, 2), F32)] * 2},
+        r"cls_scores\[0\] must have A = len\(ratios\) \* len\(scales\) = 3",
+    ),
     ({"cls_scores": [np.zeros((3, 2, 2), np.float64)] * 2}, r"cls_scores\[0\] must have dtype float32"),
     ({"strides": (8,)}, "strides must have 2 entries"),
     ({"strides": (8, -16)}, r"strides\[1\] must be >= 1"),
@@ -359,7 +380,9 @@ RPN_ERRORS = [
 
 @pytest.mark.parametrize(("over", "match"), RPN_ERRORS)
 def test_rpn_input_errors(over: dict[str, Any], match: str) -> None:
-    kw = rpn_kwargs([np.zeros((3, 2, 2), F32)] * 2, [np.zeros((12, 2, 2), F32)] * 2, (16, 16), strides=(8, 16))
+    kw = rpn_kwargs(
+        [np.zeros((3, 2, 2), F32)] * 2, [np.zeros((12, 2, 2), F32)] * 2, (16, 16), strides=(8, 16)
+    )
     kw.update(over)
     with pytest.raises(ValueError, match=match):
         ops.rpn_proposals(**kw)
@@ -381,7 +404,9 @@ def rcnn_inputs(rng: np.random.Generator, k: int, img_shape: tuple[int, int]) ->
     return {"rois": rois, "cls_score": cls, "bbox_pred": bbox}
 
 
-def rcnn_kwargs(inputs: dict[str, np.ndarray], img_shape: tuple[int, int], sf: np.ndarray, **over: Any) -> dict[str, Any]:
+def rcnn_kwargs(
+    inputs: dict[str, np.ndarray], img_shape: tuple[int, int], sf: np.ndarray, **over: Any
+) -> dict[str, Any]:
     kw: dict[str, Any] = {
         **inputs,
         "img_shape": img_shape,
@@ -415,7 +440,11 @@ def oracle_rcnn(kw: dict[str, Any]) -> np.ndarray:
         (*kw["img_shape"], 3),
         kw["scale_factor"],
         rescale=True,
-        cfg={"score_thr": kw["score_thr"], "nms": {"type": "nms", "iou_threshold": kw["nms_iou"]}, "max_per_img": kw["max_per_img"]},
+        cfg={
+            "score_thr": kw["score_thr"],
+            "nms": {"type": "nms", "iou_threshold": kw["nms_iou"]},
+            "max_per_img": kw["max_per_img"],
+        },
     )
     return dets.numpy()
 
@@ -458,7 +487,11 @@ def test_rcnn_score_threshold_edge(delta: float, kept: bool) -> None:
 
 
 def test_rcnn_empty_rois() -> None:
-    empty = {"rois": np.zeros((0, 4), F32), "cls_score": np.zeros((0, 2), F32), "bbox_pred": np.zeros((0, 4), F32)}
+    empty = {
+        "rois": np.zeros((0, 4), F32),
+        "cls_score": np.zeros((0, 2), F32),
+        "bbox_pred": np.zeros((0, 4), F32),
+    }
     dets = ops.rcnn_postprocess(**rcnn_kwargs(empty, (100, 100), np.ones(4, F32)))
     assert dets.shape == (0, 5)
 
@@ -482,7 +515,11 @@ RCNN_ERRORS = [
 
 @pytest.mark.parametrize(("over", "match"), RCNN_ERRORS)
 def test_rcnn_input_errors(over: dict[str, Any], match: str) -> None:
-    inputs = {"rois": np.zeros((5, 4), F32), "cls_score": np.zeros((5, 2), F32), "bbox_pred": np.zeros((5, 4), F32)}
+    inputs = {
+        "rois": np.zeros((5, 4), F32),
+        "cls_score": np.zeros((5, 2), F32),
+        "bbox_pred": np.zeros((5, 4), F32),
+    }
     kw = rcnn_kwargs(inputs, (100, 100), np.ones(4, F32))
     kw.update(over)
     with pytest.raises(ValueError, match=match):

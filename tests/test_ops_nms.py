@@ -127,7 +127,10 @@ def test_batched_nms_matches_mmcv(seed: int) -> None:
     idxs = rng.integers(0, 5, n).astype(np.int64)
     keep = ops.nms(boxes, scores, 0.6, idxs)
     _, expected = batched_nms(
-        torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(idxs), {"type": "nms", "iou_threshold": 0.6}
+        torch.from_numpy(boxes),
+        torch.from_numpy(scores),
+        torch.from_numpy(idxs),
+        {"type": "nms", "iou_threshold": 0.6},
     )
     np.testing.assert_array_equal(keep, expected.numpy())
     np.testing.assert_array_equal(keep, ref_batched_nms(boxes, scores, idxs, 0.6))
