@@ -32,6 +32,32 @@ inline std::vector<int64_t> stable_order_desc(const float* scores, int64_t n) {
   return order;
 }
 
+// The first k entries of stable_order_desc(scores, n), without sorting all n: select the k-th
+// best score, gather everything better plus the earliest equal ones (index order), sort those.
+inline std::vector<int64_t> stable_topk_desc(const float* scores, int64_t n, int64_t k) {
+  if (k >= n) return stable_order_desc(scores, n);
+  if (k <= 0) return {};
+  std::vector<float> tmp(scores, scores + n);
+  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), score_before);
+  const float kth = tmp[static_cast<size_t>(k - 1)];
+  int64_t better = 0;
+  for (int64_t i = 0; i < n; ++i) better += score_before(scores[i], kth) ? 1 : 0;
+  int64_t ties_left = k - better;  // how many scores equivalent to kth make the cut
+  std::vector<int64_t> picked;
+  picked.reserve(static_cast<size_t>(k));
+  for (int64_t i = 0; i < n; ++i) {
+    if (score_before(scores[i], kth)) {
+      picked.push_back(i);
+    } else if (ties_left > 0 && !score_before(kth, scores[i])) {
+      picked.push_back(i);
+      --ties_left;
+    }
+  }
+  std::stable_sort(picked.begin(), picked.end(),
+                   [scores](int64_t i, int64_t j) { return score_before(scores[i], scores[j]); });
+  return picked;
+}
+
 // Greedy NMS with torchvision.ops.nms semantics: visit boxes by descending score (stable),
 // keep a box unless an already kept one overlaps it with IoU > iou_threshold (IoU in float32,
 // compared as double), areas (x2 - x1) * (y2 - y1) without +1; iou_threshold must be >= 0.

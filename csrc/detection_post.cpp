@@ -269,8 +269,7 @@ py::array_t<float> rpn_proposals(const py::object& cls_scores_obj, const py::obj
       }
       std::vector<int64_t> selected;
       if (nms_pre < n) {
-        selected = afd::det::stable_order_desc(scores.data(), n);
-        selected.resize(static_cast<size_t>(nms_pre));
+        selected = afd::det::stable_topk_desc(scores.data(), n, nms_pre);
       } else {
         selected.resize(static_cast<size_t>(n));
         for (int64_t i = 0; i < n; ++i) selected[i] = i;

@@ -340,6 +340,19 @@ def test_rpn_config_variants_match_oracle(over: dict[str, Any]) -> None:
     assert_dets_close(ours, ref_rpn_proposals(**kw))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_rpn_tied_scores_follow_stable_order(seed: int) -> None:
+    # few distinct logits: exact ties straddle the per-level top-k cut; equal scores are taken in
+    # anchor order (stable sort; upstream's unstable torch.sort may pick other ones among ties)
+    rng = np.random.default_rng(seed)
+    cls, reg = rpn_outputs(rng, (128, 160))
+    cls = [np.round(c / 3).astype(F32) for c in cls]
+    kw = rpn_kwargs(cls, reg, (128, 160), nms_pre=37)
+    ours = ops.rpn_proposals(**kw)
+    assert len(ours) > 37
+    assert_dets_close(ours, ref_rpn_proposals(**kw))
+
+
 def test_rpn_levels_do_not_suppress_each_other() -> None:
     # the same strong box predicted on two levels survives on both (batched NMS by level)
     cls = [np.full((3, 2, 2), -20.0, F32), np.full((3, 1, 1), -20.0, F32)]
