@@ -1,3 +1,275 @@
-// Placeholder: the op lands in a following commit.
+// RoIAlign with torchvision.ops.roi_align semantics (float32, same operation order), and the
+// multi-level variant of mmdet's SingleRoIExtractor (each RoI pooled from the FPN level its size
+// maps to). Work is split over (roi, channel) pairs with afd::parallel_for, GIL released.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
-void register_roi_align(pybind11::module_& m) { (void)m; }
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "level_list.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using FArray = py::array_t<float, py::array::c_style>;
+
+// Where and how densely one RoI is sampled on its feature map (torchvision's roi_align_kernel).
+struct RoiPlan {
+  const float* feature = nullptr;  // (C, H, W) map the RoI is pooled from; nullptr -> output zeros
+  int64_t height = 0, width = 0;
+  float start_h = 0, start_w = 0, bin_h = 0, bin_w = 0;
+  int64_t grid_h = 0, grid_w = 0;  // samples per bin along y / x (<= 0: none)
+  float count = 1;                 // max(grid_h * grid_w, 1)
+};
+
+// One bilinear sample: four pixel offsets in the plane and their weights.
+struct Sample {
+  int64_t pos[4];
+  float w[4];
+};
+
+int64_t adaptive_grid(float roi_extent, int64_t pooled) {
+  const float g = std::ceil(roi_extent / static_cast<float>(pooled));
+  return std::isnan(g) ? 0 : static_cast<int64_t>(std::max(g, -1.0f));  // <= 0 means no samples
+}
+
+RoiPlan make_plan(const float* roi, const float* feature, int64_t height, int64_t width, float spatial_scale,
+                  int64_t pooled, int64_t sampling_ratio, bool aligned) {
+  RoiPlan p;
+  p.feature = feature;
+  p.height = height;
+  p.width = width;
+  const float offset = aligned ? 0.5f : 0.0f;
+  p.start_w = roi[0] * spatial_scale - offset;
+  p.start_h = roi[1] * spatial_scale - offset;
+  const float end_w = roi[2] * spatial_scale - offset;
+  const float end_h = roi[3] * spatial_scale - offset;
+  float roi_w = end_w - p.start_w;
+  float roi_h = end_h - p.start_h;
+  if (!aligned) {  // legacy mode: malformed RoIs forced to 1 x 1
+    roi_w = std::max(roi_w, 1.0f);
+    roi_h = std::max(roi_h, 1.0f);
+  }
+  p.bin_h = roi_h / static_cast<float>(pooled);
+  p.bin_w = roi_w / static_cast<float>(pooled);
+  p.grid_h = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_h, pooled);
+  p.grid_w = sampling_ratio > 0 ? sampling_ratio : adaptive_grid(roi_w, pooled);
+  p.count = static_cast<float>(std::max<int64_t>(p.grid_h * p.grid_w, 1));
+  return p;
+}
+
+int64_t samples_per_roi(const RoiPlan& p, int64_t pooled) {
+  if (p.grid_h <= 0 || p.grid_w <= 0) return 0;
+  return pooled * pooled * p.grid_h * p.grid_w;
+}
+
+// Bilinear taps of every sample point of the RoI, in (ph, pw, iy, ix) order. Out-of-range
+// points (y < -1, y > H, x < -1, x > W, or NaN) get zero weights; others are clamped at 0 and
+// at the last row / column like torchvision.
+void precompute_samples(const RoiPlan& p, int64_t pooled, std::vector<Sample>& out) {
+  out.resize(static_cast<size_t>(samples_per_roi(p, pooled)));
+  size_t idx = 0;
+  const float h = static_cast<float>(p.height), w = static_cast<float>(p.width);
+  for (int64_t ph = 0; ph < pooled && p.grid_h > 0 && p.grid_w > 0; ++ph) {
+    for (int64_t pw = 0; pw < pooled; ++pw) {
+      for (int64_t iy = 0; iy < p.grid_h; ++iy) {
+        const float yy = p.start_h + static_cast<float>(ph) * p.bin_h +
+                         static_cast<float>(iy + 0.5f) * p.bin_h / static_cast<float>(p.grid_h);
+        for (int64_t ix = 0; ix < p.grid_w; ++ix) {
+          const float xx = p.start_w + static_cast<float>(pw) * p.bin_w +
+                           static_cast<float>(ix + 0.5f) * p.bin_w / static_cast<float>(p.grid_w);
+          Sample& s = out[idx++];
+          float y = yy, x = xx;
+          if (!(y >= -1.0f && y <= h && x >= -1.0f && x <= w)) {
+            s = Sample{{0, 0, 0, 0}, {0.0f, 0.0f, 0.0f, 0.0f}};
+            continue;
+          }
+          if (y <= 0) y = 0;
+          if (x <= 0) x = 0;
+          int64_t y_low = static_cast<int64_t>(y), x_low = static_cast<int64_t>(x), y_high, x_high;
+          if (y_low >= p.height - 1) {
+            y_high = y_low = p.height - 1;
+            y = static_cast<float>(y_low);
+          } else {
+            y_high = y_low + 1;
+          }
+          if (x_low >= p.width - 1) {
+            x_high = x_low = p.width - 1;
+            x = static_cast<float>(x_low);
+          } else {
+            x_high = x_low + 1;
+          }
+          const float ly = y - static_cast<float>(y_low), lx = x - static_cast<float>(x_low);
+          const float hy = 1.0f - ly, hx = 1.0f - lx;
+          s.pos[0] = y_low * p.width + x_low;
+          s.pos[1] = y_low * p.width + x_high;
+          s.pos[2] = y_high * p.width + x_low;
+          s.pos[3] = y_high * p.width + x_high;
+          s.w[0] = hy * hx;
+          s.w[1] = hy * lx;
+          s.w[2] = ly * hx;
+          s.w[3] = ly * lx;
+        }
+      }
+    }
+  }
+}
+
+// Average of the bilinear samples of each bin, for one channel plane; dst is (pooled, pooled).
+void pool_plane(const float* plane, const RoiPlan& p, const std::vector<Sample>& samples, int64_t pooled,
+                float* dst) {
+  const int64_t per_bin = samples.empty() ? 0 : p.grid_h * p.grid_w;
+  for (int64_t b = 0; b < pooled * pooled; ++b) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < per_bin; ++j) {
+      const Sample& s = samples[static_cast<size_t>(b * per_bin + j)];
+      acc += s.w[0] * plane[s.pos[0]] + s.w[1] * plane[s.pos[1]] + s.w[2] * plane[s.pos[2]] +
+             s.w[3] * plane[s.pos[3]];
+    }
+    dst[b] = acc / p.count;
+  }
+}
+
+// Largest number of sample points one RoI may need; beyond that the caller gets a ValueError
+// instead of a multi-GB allocation (e.g. a huge RoI with sampling_ratio=0 on a fine map).
+constexpr int64_t kMaxSamplesPerRoi = int64_t{1} << 26;
+
+// Pools every (roi, channel) pair; plans[k].feature == nullptr leaves zeros.
+py::array_t<float> run_plans(const std::vector<RoiPlan>& plans, int64_t channels, int64_t pooled) {
+  const auto k = static_cast<py::ssize_t>(plans.size());
+  for (size_t i = 0; i < plans.size(); ++i) {
+    if (samples_per_roi(plans[i], pooled) > kMaxSamplesPerRoi) {
+      afd::fail("rois[", i, "] needs ", plans[i].grid_h, " x ", plans[i].grid_w,
+                " samples per bin; pass a positive sampling_ratio or a smaller RoI");
+    }
+  }
+  py::array_t<float> out({k, static_cast<py::ssize_t>(channels), static_cast<py::ssize_t>(pooled),
+                          static_cast<py::ssize_t>(pooled)});
+  float* dst = out.mutable_data();
+  const int64_t plane_out = pooled * pooled;
+  const int64_t items = static_cast<int64_t>(k) * channels;
+  if (items == 0) return out;
+  {
+    py::gil_scoped_release release;
+    const int threads = static_cast<int>(std::min<int64_t>(afd::default_threads(), items));
+    const int64_t chunk = (items + threads - 1) / threads;
+    // Each task takes a contiguous range of (roi, channel) items and rebuilds the sample taps
+    // only when the roi changes.
+    afd::parallel_for(threads, threads, [&](int64_t t) {
+      const int64_t begin = t * chunk, end = std::min(items, begin + chunk);
+      std::vector<Sample> samples;
+      int64_t cached = -1;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t r = item / channels, c = item % channels;
+        const RoiPlan& p = plans[static_cast<size_t>(r)];
+        float* o = dst + item * plane_out;
+        if (p.feature == nullptr) {
+          std::fill(o, o + plane_out, 0.0f);
+          continue;
+        }
+        if (r != cached) {
+          precompute_samples(p, pooled, samples);
+          cached = r;
+        }
+        pool_plane(p.feature + c * p.height * p.width, p, samples, pooled, o);
+      }
+    });
+  }
+  return out;
+}
+
+FArray expect_rois(const py::object& obj) {
+  auto rois = afd::expect_array<float>(obj, "rois");
+  afd::expect_ndim(rois, 2, "rois");
+  if (rois.shape(1) != 4) afd::fail("rois must have shape (K, 4) as (x1, y1, x2, y2), got ", afd::shape_str(rois));
+  return rois;
+}
+
+void expect_pool_args(int64_t output_size) {
+  if (output_size < 1) afd::fail("output_size must be >= 1, got ", output_size);
+}
+
+py::array_t<float> roi_align(const py::object& feature_obj, const py::object& rois_obj, double spatial_scale,
+                             int64_t output_size, int64_t sampling_ratio, bool aligned) {
+  auto feature = afd::expect_array<float>(feature_obj, "feature");
+  afd::expect_ndim(feature, 3, "feature");
+  auto rois = expect_rois(rois_obj);
+  if (!(std::isfinite(spatial_scale) && spatial_scale > 0.0)) {
+    afd::fail("spatial_scale must be finite and > 0, got ", spatial_scale);
+  }
+  expect_pool_args(output_size);
+  if (feature.shape(1) < 1 || feature.shape(2) < 1) {
+    afd::fail("feature must have a non-empty (H, W) plane, got shape ", afd::shape_str(feature));
+  }
+  const int64_t k = rois.shape(0);
+  std::vector<RoiPlan> plans(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    plans[i] = make_plan(rois.data() + i * 4, feature.data(), feature.shape(1), feature.shape(2),
+                         static_cast<float>(spatial_scale), output_size, sampling_ratio, aligned);
+  }
+  return run_plans(plans, feature.shape(0), output_size);
+}
+
+py::array_t<float> multilevel_roi_align(const py::object& feats_obj, const py::object& rois_obj,
+                                        const std::vector<int64_t>& featmap_strides, double finest_scale,
+                                        int64_t output_size, int64_t sampling_ratio, bool aligned) {
+  const std::vector<FArray> feats = afd::expect_level_list(feats_obj, "feats", 3);
+  for (size_t i = 0; i < feats.size(); ++i) {
+    const FArray& f = feats[i];
+    if (f.shape(1) < 1 || f.shape(2) < 1) {
+      afd::fail("feats[", i, "] must have a non-empty (H, W) plane, got shape ", afd::shape_str(f));
+    }
+    if (f.shape(0) != feats[0].shape(0)) {
+      afd::fail("feats[", i, "] must have ", feats[0].shape(0), " channels like feats[0], got shape ", afd::shape_str(f));
+    }
+  }
+  const int64_t levels = static_cast<int64_t>(feats.size());
+  if (static_cast<int64_t>(featmap_strides.size()) != levels) {
+    afd::fail("featmap_strides must have ", levels, " entries (one per feats level), got ", featmap_strides.size());
+  }
+  for (size_t i = 0; i < featmap_strides.size(); ++i) {
+    if (featmap_strides[i] < 1) afd::fail("featmap_strides[", i, "] must be >= 1, got ", featmap_strides[i]);
+  }
+  if (!(std::isfinite(finest_scale) && finest_scale > 0.0)) {
+    afd::fail("finest_scale must be finite and > 0, got ", finest_scale);
+  }
+  auto rois = expect_rois(rois_obj);
+  expect_pool_args(output_size);
+
+  const int64_t k = rois.shape(0);
+  const float finest = static_cast<float>(finest_scale);
+  std::vector<RoiPlan> plans(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) {
+    const float* roi = rois.data() + i * 4;
+    // SingleRoIExtractor.map_roi_levels in float32: floor(log2(sqrt(h * w) / finest + 1e-6)),
+    // clamped to [0, L - 1]; a NaN level matches no level and the output stays zero.
+    const float scale = std::sqrt((roi[3] - roi[1]) * (roi[2] - roi[0]));
+    const float lvl_f = std::floor(std::log2(scale / finest + 1e-6f));
+    if (std::isnan(lvl_f)) continue;
+    const int64_t lvl = static_cast<int64_t>(std::min(std::max(lvl_f, 0.0f), static_cast<float>(levels - 1)));
+    const FArray& f = feats[static_cast<size_t>(lvl)];
+    const float spatial_scale = static_cast<float>(1.0 / static_cast<double>(featmap_strides[lvl]));
+    plans[i] = make_plan(roi, f.data(), f.shape(1), f.shape(2), spatial_scale, output_size, sampling_ratio, aligned);
+  }
+  return run_plans(plans, feats[0].shape(0), output_size);
+}
+
+}  // namespace
+
+void register_roi_align(py::module_& m) {
+  m.def("roi_align", &roi_align, py::arg("feature"), py::arg("rois"), py::arg("spatial_scale"),
+        py::arg("output_size"), py::arg("sampling_ratio"), py::arg("aligned"),
+        "torchvision.ops.roi_align for one image: feature float32 (C, H, W), rois float32 (K, 4) as "
+        "(x1, y1, x2, y2) in input pixels; returns float32 (K, C, output_size, output_size).");
+  m.def("multilevel_roi_align", &multilevel_roi_align, py::arg("feats"), py::arg("rois"), py::arg("featmap_strides"),
+        py::arg("finest_scale"), py::arg("output_size"), py::arg("sampling_ratio"), py::arg("aligned"),
+        "mmdet SingleRoIExtractor for one image: each RoI pooled (torchvision RoIAlign) from the level "
+        "floor(log2(sqrt(w * h) / finest_scale + 1e-6)) clamped to the feats levels; returns float32 "
+        "(K, C, output_size, output_size).");
+}
