@@ -8,6 +8,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -114,31 +115,37 @@ Peak argmax(const float* map, int64_t size) {
 void blur_map(const float* map, int64_t h, int64_t w, const std::vector<float>& k, std::vector<float>& tmp,
               float* out) {
   const int64_t r = static_cast<int64_t>(k.size()) / 2;
-  tmp.assign(static_cast<size_t>(h * w), 0.f);
+  const int64_t taps = static_cast<int64_t>(k.size());
+  // Tap-outer, pixel-inner loops: each output still accumulates its taps in order, and the
+  // inner loops are branch-free so the compiler vectorises them.
+  tmp.assign(static_cast<size_t>(h * w + w + 2 * r), 0.f);
+  float* padded = tmp.data() + h * w;  // one zero-padded input row
   for (int64_t y = 0; y < h; ++y) {
-    const float* src = map + y * w;
+    std::copy(map + y * w, map + (y + 1) * w, padded + r);
     float* dst = tmp.data() + y * w;
-    for (int64_t x = 0; x < w; ++x) {
-      float s = 0.f;
-      for (int64_t j = -r; j <= r; ++j) {
-        const int64_t xx = x + j;
-        const float v = (xx >= 0 && xx < w) ? src[xx] : 0.f;
-        s += k[static_cast<size_t>(j + r)] * v;
-      }
-      dst[x] = s;
+    for (int64_t x = 0; x < w; ++x) dst[x] = 0.f;
+    for (int64_t j = 0; j < taps; ++j) {
+      const float kj = k[static_cast<size_t>(j)];
+      const float* src = padded + j;
+      for (int64_t x = 0; x < w; ++x) dst[x] += kj * src[x];
     }
   }
   for (int64_t y = 0; y < h; ++y) {
     float* dst = out + y * w;
     const float* centre = tmp.data() + y * w;
-    for (int64_t x = 0; x < w; ++x) dst[x] = k[static_cast<size_t>(r)] * centre[x];
+    const float k0 = k[static_cast<size_t>(r)];
+    for (int64_t x = 0; x < w; ++x) dst[x] = k0 * centre[x];
     for (int64_t j = 1; j <= r; ++j) {
       const float kj = k[static_cast<size_t>(r + j)];
-      const float* up = (y - j >= 0) ? tmp.data() + (y - j) * w : nullptr;
-      const float* down = (y + j < h) ? tmp.data() + (y + j) * w : nullptr;
-      for (int64_t x = 0; x < w; ++x) {
-        const float pair = (up ? up[x] : 0.f) + (down ? down[x] : 0.f);
-        dst[x] += kj * pair;
+      const bool has_up = y - j >= 0, has_down = y + j < h;
+      const float* up = tmp.data() + (has_up ? y - j : y) * w;
+      const float* down = tmp.data() + (has_down ? y + j : y) * w;
+      if (has_up && has_down) {
+        for (int64_t x = 0; x < w; ++x) dst[x] += kj * (up[x] + down[x]);
+      } else if (has_up) {
+        for (int64_t x = 0; x < w; ++x) dst[x] += kj * (up[x] + 0.f);
+      } else if (has_down) {
+        for (int64_t x = 0; x < w; ++x) dst[x] += kj * (0.f + down[x]);
       }
     }
   }
