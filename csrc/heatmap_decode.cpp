@@ -4,7 +4,8 @@
 //    'unbiased' Taylor step on the log of a Gaussian-blurred map, "quarter" = mmpose's 'default'
 //    +-0.25 px step, "none"), then the affine back to image pixels (transform_preds, use_udp=False).
 // Arithmetic follows upstream's float32 numpy order; only the 2x2 Newton solve runs in double
-// (upstream: float32 LAPACK inverse), which moves the sub-pixel offset by ~1e-6 px.
+// (upstream: float32 LAPACK inverse). Measured against upstream on random 64x64 maps: scores and
+// "quarter"/"none" coordinates identical, "dark" coordinates within 1 float32 ulp (<= 7.6e-6 px).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
