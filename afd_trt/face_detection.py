@@ -43,7 +43,8 @@ def group_by_shape(inputs: Sequence[DetInput], max_batch: int) -> list[list[int]
 
 
 def _stack(inputs: Sequence[DetInput], idx: Sequence[int]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([inputs[i].tensor for i in idx]))
+    """float32 (B, 3, Hp, Wp) with channels-last strides (see ``DetInput.tensor``)."""
+    return torch.from_numpy(np.stack([inputs[i].tensor for i in idx])).permute(0, 3, 1, 2)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

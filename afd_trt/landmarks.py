@@ -89,6 +89,10 @@ def crop_matrices(
     return mats
 
 
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+
+
 class LandmarkEstimator:
     """HRNetV2 landmarks for boxes in one or many images, all faces in one batch."""
 
@@ -114,23 +118,24 @@ class LandmarkEstimator:
         return crops, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
     def _heatmaps(self, crops: np.ndarray, flip_test: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        n = len(crops)
+        """Network heatmaps float32 (N, K, h, w) of the crops and, with the flip test, of the
+        mirrored crops (raw, not yet flipped back).
+
+        The crops go in as an NHWC-strided (channels-last) tensor, the layout upstream's
+        ``permute(0, 3, 1, 2)`` of its stacked crops has: convolutions take the channels-last
+        path then, and the heatmaps are bit-identical to upstream's. Mirrored crops run as
+        their own batch of the same size, as upstream runs them.
+        """
         outs: list[np.ndarray] = []
         flips: list[np.ndarray] = []
-        step = max(1, self.max_batch // 2 if flip_test else self.max_batch)
-        for s in range(0, n, step):
-            x = torch.from_numpy(crops[s : s + step])
+        for s in range(0, len(crops), self.max_batch):
+            x = torch.from_numpy(crops[s : s + self.max_batch]).contiguous(memory_format=torch.channels_last)
+            outs.append(_numpy(self.engine(x)[0]))
             if flip_test:
-                x = torch.cat([x, x.flip(3)])
-            (hm,) = self.engine(x)
-            hm_np = np.ascontiguousarray(hm.detach().to("cpu", torch.float32).numpy())
-            k = len(hm_np) // 2 if flip_test else len(hm_np)
-            outs.append(hm_np[:k])
-            if flip_test:
-                flips.append(hm_np[k:])
-        heat = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
-        flipped = np.ascontiguousarray(np.concatenate(flips)) if flip_test and flips else None
-        return np.ascontiguousarray(heat), flipped
+                flips.append(_numpy(self.engine(x.flip(3))[0]))
+        heat = np.ascontiguousarray(np.concatenate(outs))
+        flipped = np.ascontiguousarray(np.concatenate(flips)) if flip_test else None
+        return heat, flipped
 
     def estimate(
         self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], flip_test: bool

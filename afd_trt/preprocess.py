@@ -28,7 +28,8 @@ class DetInput:
     """One prepared image.
 
     Attributes:
-        tensor: float32 (3, Hp, Wp) normalised RGB, zero padded.
+        tensor: float32 (Hp, Wp, 3) normalised RGB, zero padded, channels last (networks get it
+            as an NCHW view with channels-last strides, the layout upstream feeds them).
         img_shape: (h, w) of the resized, unpadded image.
         scale_factor: float32 (4,) = (w_scale, h_scale, w_scale, h_scale), resized / original.
         ori_shape: (h, w) of the input image.
@@ -41,7 +42,7 @@ class DetInput:
 
     @property
     def pad_shape(self) -> tuple[int, int]:
-        return int(self.tensor.shape[1]), int(self.tensor.shape[2])
+        return int(self.tensor.shape[0]), int(self.tensor.shape[1])
 
 
 def prepare_detector_input(image: np.ndarray, cfg: InputConfig) -> DetInput:
@@ -59,8 +60,8 @@ def prepare_detector_input(image: np.ndarray, cfg: InputConfig) -> DetInput:
     normed = (rgb - mean) / std
     div = cfg.pad_divisor
     pad_h, pad_w = -(-new_h // div) * div, -(-new_w // div) * div
-    tensor = np.zeros((3, pad_h, pad_w), dtype=np.float32)
-    tensor[:, :new_h, :new_w] = normed.transpose(2, 0, 1)
+    tensor = np.zeros((pad_h, pad_w, 3), dtype=np.float32)
+    tensor[:new_h, :new_w] = normed
     scale_factor = np.array([new_w / width, new_h / height, new_w / width, new_h / height], dtype=np.float32)
     return DetInput(
         tensor=tensor, img_shape=(new_h, new_w), scale_factor=scale_factor, ori_shape=(height, width)
