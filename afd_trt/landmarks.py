@@ -18,9 +18,16 @@ from . import ops
 from .config import HRNetConfig
 from .engines import Engine
 
-__all__ = ["LandmarkEstimator", "boxes_to_center_scale", "crop_matrices"]
+__all__ = ["LandmarkEstimator", "boxes_to_center_scale", "crop_matrices", "default_warp_mode"]
 
 logger = logging.getLogger(__name__)
+
+
+def default_warp_mode(cv2_version: str = cv2.__version__) -> str:
+    """The crop warp that reproduces ``cv2.warpAffine`` of the installed OpenCV: its 4.x releases
+    quantise coordinates to 1/32 px with fixed-point weights, 5.x computes in float32. Upstream
+    warps with whatever OpenCV is installed, so we follow the same one."""
+    return "opencv4" if int(cv2_version.split(".")[0]) < 5 else "opencv5"
 
 
 def boxes_to_center_scale(
@@ -85,7 +92,12 @@ def crop_matrices(
 class LandmarkEstimator:
     """HRNetV2 landmarks for boxes in one or many images, all faces in one batch."""
 
-    def __init__(self, cfg: HRNetConfig, engine: Engine, max_batch: int = 64, threads: int = 0) -> None:
+    def __init__(
+        self, cfg: HRNetConfig, engine: Engine, max_batch: int = 64, threads: int = 0, warp_mode: str = "auto"
+    ) -> None:
+        if warp_mode not in ("auto", "opencv4", "opencv5"):
+            raise ValueError(f"warp_mode must be 'auto', 'opencv4' or 'opencv5', got {warp_mode!r}")
+        self.warp_mode = default_warp_mode() if warp_mode == "auto" else warp_mode
         self.cfg = cfg
         self.engine = engine
         self.max_batch = max_batch
@@ -98,7 +110,7 @@ class LandmarkEstimator:
         w, h = cfg.input_size
         centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
-        crops = ops.warp_crops(image, mats, (w, h), cfg.mean, cfg.std, threads=self.threads)
+        crops = ops.warp_crops(image, mats, (w, h), cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode)
         return crops, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
     def _heatmaps(self, crops: np.ndarray, flip_test: bool) -> tuple[np.ndarray, np.ndarray | None]:
