@@ -56,6 +56,7 @@ __all__ = [
     "export_onnx",
     "flatten_outputs",
     "load_engine_file",
+    "networks_of",
     "optimize_torchscript",
     "resolve_backend",
     "trace_torchscript",
@@ -166,6 +167,16 @@ class Network:
     def profile(self) -> ShapeProfile | None:
         """The config's TensorRT optimisation profile of this network's input."""
         return self.config.engine.profile(self.io.input_name) if self.config is not None else None
+
+
+def networks_of(model: str, module: nn.Module, config: ModelConfig | None = None) -> list[Network]:
+    """The networks engines are built for from one model: Faster R-CNN gives its stage 1 and its
+    box head (``module.roi_head.bbox_head``), the others themselves."""
+    if model == "faster-rcnn":
+        head = module.roi_head.bbox_head
+        assert isinstance(head, nn.Module)
+        return [Network("faster-rcnn", module, config), Network("faster-rcnn-box-head", head, config)]
+    return [Network(model, module, config)]
 
 
 # Building: TorchScript, ONNX, TensorRT
