@@ -9,6 +9,7 @@ few faces per image, fewer RPN proposals); the networks and the pipeline are the
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,32 @@ def test_engines_come_from_the_cache(engine_cache: Path, checkpoints: dict[str, 
     assert {p: p.stat().st_mtime_ns for p in engine_cache.rglob("*") if p.is_file()} == stamps
     assert det.landmarks.engine.name == "onnxruntime"
     assert det.face_detector is not None
+
+
+def test_build_command(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m build_engines`` builds into the cache, ``afd-trt build`` then finds it there;
+    a backend this machine cannot run is reported, and fails the run only with --strict."""
+    from afd_trt.cli import main as cli_main
+    from build_engines import main as build_main
+
+    args = ["--models", "hrnetv2", "--backends", "onnxruntime", "tensorrt", "--device", "cpu"]
+    args += [
+        "--cache-dir",
+        str(tmp_path),
+        "--checkpoint",
+        f"hrnetv2={checkpoints['hrnetv2']}",
+        "--no-download",
+    ]
+    assert build_main(["--log-level", "ERROR", *args]) == 0
+    first = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
+    assert first["onnxruntime"]["status"] == "built"
+    assert first["onnxruntime"]["network"] == "hrnetv2"
+    assert Path(first["onnxruntime"]["path"]).is_file()
+    assert first["tensorrt"]["status"] == "unavailable"
+    assert "tensorrt" in first["tensorrt"]["error"]
+    assert cli_main(["--log-level", "ERROR", "build", *args, "--strict"]) == 1
+    second = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
+    assert second["onnxruntime"]["status"] == "cached"
+    assert second["onnxruntime"]["path"] == first["onnxruntime"]["path"]
