@@ -183,7 +183,7 @@ class Detector:
             else:
                 assert isinstance(det_cfg, FasterRCNNConfig)
                 stage1 = engine("faster-rcnn", det_model, det_cfg)
-                head = engine("faster-rcnn-box-head", det_model.roi_head.bbox_head, det_cfg)
+                head = engine("faster-rcnn-box-head", det_model.get_submodule("roi_head.bbox_head"), det_cfg)
                 self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head)
 
     @staticmethod
