@@ -327,3 +327,35 @@ def test_tensorrt_plan_from_another_gpu_is_refused(
     copy.with_name(copy.name + ".json").write_text(json.dumps(meta))
     with pytest.raises(EngineMismatchError, match=r"cuda-sm_10.*cuda-sm_\d+"):
         load_engine_file(copy, "tensorrt", "faster-rcnn-box-head", CUDA, trusted=True)
+
+
+# The [engine] section of the model configs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_packaged_configs_have_profiles_for_every_network_input() -> None:
+    for network, io in NETWORKS.items():
+        profile = load_config(CONFIG_OF[network]).engine.profile(io.input_name)
+        assert profile is not None, f"{CONFIG_OF[network]}.toml has no [engine.profiles.{io.input_name}]"
+        assert len(profile.min) == len(io.example_shape)
+        fixed = [a for a in range(len(io.example_shape)) if a not in io.input_dynamic]
+        for a in fixed:  # axes that cannot vary must be pinned to the network's size
+            assert profile.min[a] == profile.opt[a] == profile.max[a] == io.example_shape[a]
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ("min = [1, 3, 64, 64]\nopt = [1, 3, 32, 64]\nmax = [2, 3, 64, 64]", "min <= opt <= max"),
+        ("min = [1, 3, 64]\nopt = [1, 3, 64, 64]\nmax = [2, 3, 64, 64]", "ranks differ"),
+        ("min = [0, 3, 64, 64]\nopt = [1, 3, 64, 64]\nmax = [2, 3, 64, 64]", "positive integers"),
+        ("min = [1, 3, 64, 64]\nopt = [1, 3, 64, 64]", "missing key 'max'"),
+    ],
+)
+def test_bad_engine_profile_is_rejected(tmp_path: Path, table: str, match: str) -> None:
+    text = (Path(__file__).parent.parent / "configs" / "hrnetv2.toml").read_text()
+    text = text[: text.index("[engine.profiles.crops]")] + "[engine.profiles.crops]\n" + table + "\n"
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
