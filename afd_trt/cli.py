@@ -139,12 +139,28 @@ def _run_detect(args: argparse.Namespace) -> int:
     return 1 if n_fail else 0
 
 
+# -- build -----------------------------------------------------------------------------------
+
+
+def _add_build(p: argparse.ArgumentParser) -> None:
+    from build_engines import add_arguments
+
+    add_arguments(p)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from build_engines import run
+
+    return run(args)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
     "detect": ("detect faces and landmarks, write JSON Lines", _add_detect, _run_detect),
+    "build": ("build TorchScript / ONNX / TensorRT engines into the engine cache", _add_build, _run_build),
     "make-test-weights": (
         "write seeded random checkpoints in the released formats (they detect nothing real)",
         _add_make_test_weights,

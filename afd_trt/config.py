@@ -19,10 +19,12 @@ from typing import Any
 
 __all__ = [
     "CONFIG_NAMES",
+    "EngineConfig",
     "FasterRCNNConfig",
     "HRNetConfig",
     "InputConfig",
     "ModelConfig",
+    "ShapeProfile",
     "WeightsSpec",
     "YOLOv3Config",
     "config_hash",
@@ -39,6 +41,28 @@ class WeightsSpec:
     file: str
     url: str = ""
     sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """Shapes one network input may take in a TensorRT engine: ``min <= opt <= max`` per axis,
+    all of the same rank (e.g. ``(batch, channels, height, width)``); ``opt`` is tuned for."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The ``[engine]`` section: per network input name, its TensorRT optimisation profile
+    (``[engine.profiles.<input>]`` with ``min``, ``opt``, ``max``). Empty when the section is absent."""
+
+    profiles: tuple[tuple[str, ShapeProfile], ...] = ()
+
+    def profile(self, input_name: str) -> ShapeProfile | None:
+        """The profile of input ``input_name``, None when the config names none."""
+        return dict(self.profiles).get(input_name)
 
 
 @dataclass(frozen=True)
@@ -64,6 +88,7 @@ class YOLOv3Config:
     weights: WeightsSpec
     num_classes: int = 1
     type: str = "yolov3"
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,7 @@ class FasterRCNNConfig:
     weights: WeightsSpec
     num_classes: int = 1
     type: str = "faster-rcnn"
+    engine: EngineConfig = EngineConfig()
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,7 @@ class HRNetConfig:
     weights: WeightsSpec
     num_keypoints: int = 28
     type: str = "hrnetv2"
+    engine: EngineConfig = EngineConfig()
 
     def __post_init__(self) -> None:
         if self.decode not in ("dark", "quarter", "none"):
@@ -159,6 +186,38 @@ def _input(raw: Mapping[str, Any], source: str) -> InputConfig:
     )
 
 
+def _engine(raw: Mapping[str, Any], source: str) -> EngineConfig:
+    """The optional ``[engine]`` section: ``[engine.profiles.<input>]`` tables of min/opt/max shapes."""
+    sec = raw.get("engine", {})
+    if not isinstance(sec, Mapping):
+        raise ValueError(f"config {source}: [engine] must be a table, got {sec!r}")
+    tables = sec.get("profiles", {})
+    if not isinstance(tables, Mapping):
+        raise ValueError(f"config {source}: [engine.profiles] must be a table, got {tables!r}")
+    profiles = []
+    for name, tab in tables.items():
+        where = f"[engine.profiles.{name}]"
+        if not isinstance(tab, Mapping):
+            raise ValueError(f"config {source}: {where} must be a table with min, opt, max, got {tab!r}")
+        shapes = []
+        for k in ("min", "opt", "max"):
+            v = _get(tab, k, source, f"engine.profiles.{name}")
+            if not (isinstance(v, tuple) and v and all(isinstance(d, int) and d > 0 for d in v)):
+                raise ValueError(
+                    f"config {source}: {where} {k} must be a list of positive integers, got {v!r}"
+                )
+            shapes.append(v)
+        lo, opt, hi = shapes
+        if not len(lo) == len(opt) == len(hi):
+            raise ValueError(f"config {source}: {where} min/opt/max ranks differ: {lo}, {opt}, {hi}")
+        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise ValueError(
+                f"config {source}: {where} needs min <= opt <= max per axis, got {lo}, {opt}, {hi}"
+            )
+        profiles.append((str(name), ShapeProfile(min=lo, opt=opt, max=hi)))
+    return EngineConfig(profiles=tuple(profiles))
+
+
 def _from_raw(raw: Mapping[str, Any], source: str) -> ModelConfig:
     model = _section(raw, "model", source)
     kind = model.get("type")
@@ -174,6 +233,7 @@ def _from_raw(raw: Mapping[str, Any], source: str) -> ModelConfig:
             max_per_img=int(_get(test, "max_per_img", source, "test")),
             weights=_weights(raw, source),
             num_classes=int(model.get("num_classes", 1)),
+            engine=_engine(raw, source),
         )
     if kind == "faster-rcnn":
         anchors = _section(raw, "anchors", source)
@@ -201,6 +261,7 @@ def _from_raw(raw: Mapping[str, Any], source: str) -> ModelConfig:
             rcnn_target_stds=_get(test, "target_stds", source, "test"),
             weights=_weights(raw, source),
             num_classes=int(model.get("num_classes", 1)),
+            engine=_engine(raw, source),
         )
     if kind == "hrnetv2":
         inp, test = _section(raw, "input", source), _section(raw, "test", source)
@@ -218,6 +279,7 @@ def _from_raw(raw: Mapping[str, Any], source: str) -> ModelConfig:
             blur_kernel=int(test.get("blur_kernel", 11)),
             weights=_weights(raw, source),
             num_keypoints=int(model.get("num_keypoints", 28)),
+            engine=_engine(raw, source),
         )
     raise ValueError(f"config {source}: [model] type must be one of {CONFIG_NAMES}, got {kind!r}")
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
-from .engines import create_engine
+from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
 from .image import ImageInput, load_image
 from .landmarks import LandmarkEstimator
@@ -113,12 +113,15 @@ class Detector:
         device: ``"cpu"``, ``"cuda:0"``, ... or ``"auto"`` (a GPU when present).
         flip_test: average the landmarks with those of the mirrored crops (upstream default).
         box_scale_factor: detected boxes are enlarged by this factor before landmarks.
-        backend: network runner, one of ``afd_trt.engines.ENGINES``.
+        backend: network runner, one of ``afd_trt.engines.ENGINES`` or ``"auto"`` (fastest per network).
         face_detector_config / landmark_config: a config name, TOML path or config object,
             overriding the packaged ``configs/`` files.
         download: allow downloading released weights when not found locally.
         threads: worker threads of the C++ ops (0: one per core).
         max_batch: largest landmark batch (faces, before flip doubling) per network call.
+        engine_cache: directory of built engines (default ``$AFD_TRT_CACHE/engines`` or
+            ``~/.cache/afd_trt/engines``); see ``afd_trt.engine_cache``.
+        precision: ``"fp32"``, or ``"fp16"`` on CUDA (torch, torchscript and tensorrt backends).
     """
 
     def __init__(
@@ -136,6 +139,8 @@ class Detector:
         download: bool = True,
         threads: int = 0,
         max_batch: int = 64,
+        engine_cache: str | Path | None = None,
+        precision: str = "fp32",
     ) -> None:
         if face_detector is not None and face_detector not in FACE_DETECTORS:
             raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
@@ -152,8 +157,13 @@ class Detector:
         self.landmark_config = lm_cfg
         lm_path = resolve_checkpoint(lm_cfg.weights, landmark_checkpoint, download=download)
         lm_model = self._load_model("hrnetv2", lm_path)
+
+        def engine(name: str, module: torch.nn.Module, cfg: ModelConfig) -> Engine:  # built/cached engines
+            net = Network(name, module, cfg)
+            return create_engine(backend, net, self.device, precision=precision, cache=engine_cache)
+
         self.landmarks = LandmarkEstimator(
-            lm_cfg, create_engine(backend, lm_model, self.device), max_batch=max_batch, threads=threads
+            lm_cfg, engine("hrnetv2", lm_model, lm_cfg), max_batch=max_batch, threads=threads
         )
 
         self.face_detector_name = face_detector
@@ -169,13 +179,11 @@ class Detector:
             det_path = resolve_checkpoint(det_cfg.weights, face_detector_checkpoint, download=download)
             det_model = self._load_model(face_detector, det_path)
             if isinstance(det_cfg, YOLOv3Config):
-                self.face_detector = YOLOv3FaceDetector(
-                    det_cfg, create_engine(backend, det_model, self.device)
-                )
+                self.face_detector = YOLOv3FaceDetector(det_cfg, engine("yolov3", det_model, det_cfg))
             else:
                 assert isinstance(det_cfg, FasterRCNNConfig)
-                stage1 = create_engine(backend, det_model, self.device)
-                head = create_engine(backend, det_model.roi_head.bbox_head, self.device)
+                stage1 = engine("faster-rcnn", det_model, det_cfg)
+                head = engine("faster-rcnn-box-head", det_model.get_submodule("roi_head.bbox_head"), det_cfg)
                 self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head)
 
     @staticmethod

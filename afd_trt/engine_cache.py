@@ -1,0 +1,293 @@
+"""On-disk cache of built engines (TorchScript files, ONNX models, TensorRT plans).
+
+Layout (``root`` = ``$AFD_TRT_CACHE/engines``, else ``$XDG_CACHE_HOME/afd_trt/engines``, else
+``~/.cache/afd_trt/engines``; overridable per ``Detector``)::
+
+    root/<model>/<backend>-<precision>-<device>-<digest16><suffix>        the engine
+    root/<model>/<backend>-<precision>-<device>-<digest16><suffix>.json   its metadata sidecar
+    root/<model>/<backend>-<precision>-<device>-<digest16><suffix>.lock   build lock (kept)
+
+``digest16`` is the start of the sha256 of the whole :class:`EngineKey` (model, weights sha256,
+config hash, backend, device, runtime version, precision, cache format). The sidecar repeats the
+key and records the engine file's sha256 and size: an entry whose file does not hash to it
+(truncated, corrupt), whose sidecar is missing or unreadable, or whose recorded key is not the one
+asked for (a TensorRT plan from another GPU architecture or TensorRT version) is refused with a
+message and rebuilt. Builds write a temporary file, then ``os.replace`` it into place (engine
+first, sidecar last), under an exclusive ``fcntl.flock`` so two processes never build the same
+engine at once; the second one waits and loads what the first built.
+
+Engines can contain code (TorchScript, TensorRT plugins): they are loaded only from a cache
+directory or from a path the caller explicitly trusts (see :func:`afd_trt.engines.load_engine_file`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .weights import ENV_CACHE_DIR, sha256_file
+
+try:  # POSIX; elsewhere concurrent builds of one engine are not serialised
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CACHE_FORMAT",
+    "EngineCache",
+    "EngineKey",
+    "EngineMismatchError",
+    "check_same_target",
+    "default_engine_cache_dir",
+    "device_tag",
+    "state_dict_sha256",
+]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+"""Bumped when what afd_trt writes into an engine changes: every older entry becomes stale."""
+
+T = TypeVar("T")
+
+
+class EngineMismatchError(RuntimeError):
+    """An engine was built for another target (GPU architecture, runtime version, ...)."""
+
+
+def default_engine_cache_dir() -> Path:
+    """``$AFD_TRT_CACHE/engines``, else ``$XDG_CACHE_HOME/afd_trt/engines``, else ``~/.cache/afd_trt/engines``."""
+    root = os.environ.get(ENV_CACHE_DIR)
+    if root:
+        return Path(root).expanduser() / "engines"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "afd_trt" / "engines"
+
+
+def device_tag(device: torch.device) -> str:
+    """What an engine is specific to on ``device``: ``"cpu-x86_64-avx2"`` (architecture and the
+    vector ISA torch dispatches to) or ``"cuda-sm_90"`` (compute capability)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda-sm_{major}{minor}"
+    if device.type == "cpu":
+        isa = torch.backends.cpu.get_cpu_capability().lower()
+        return f"cpu-{platform.machine().lower()}-{isa}"
+    raise ValueError(f"device_tag: unsupported device {device!r} (use 'cpu' or 'cuda[:N]')")
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict: sorted names, dtypes, shapes and raw bytes.
+
+    Independent of the checkpoint's file format, so a ``.pth`` and a ``.safetensors`` holding the
+    same weights share their engines.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a built engine depends on.
+
+    Attributes:
+        model: network name (``"yolov3"``, ``"faster-rcnn"``, ``"faster-rcnn-box-head"``, ``"hrnetv2"``).
+        weights_sha256: :func:`state_dict_sha256` of the network's weights.
+        config_hash: :func:`afd_trt.config.config_hash` of the model config (with its ``[engine]`` profiles).
+        backend: ``"torchscript"``, ``"onnxruntime"`` or ``"tensorrt"``.
+        device: :func:`device_tag` of the target.
+        runtime: runtime version(s), e.g. ``"torch-2.4.0"`` or ``"tensorrt-10.3.0"``.
+        precision: ``"fp32"`` or ``"fp16"``.
+    """
+
+    model: str
+    weights_sha256: str
+    config_hash: str
+    backend: str
+    device: str
+    runtime: str
+    precision: str
+    format: int = CACHE_FORMAT
+
+    def digest(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def stem(self) -> str:
+        """File name without suffix: readable target fields plus a digest of the whole key."""
+        return f"{self.backend}-{self.precision}-{self.device}-{self.digest()[:16]}"
+
+
+def check_same_target(recorded: Mapping[str, Any], expected: EngineKey) -> None:
+    """Raise :class:`EngineMismatchError` naming both sides when an engine's recorded key differs
+    from ``expected`` (the device and runtime fields first: "built for X, this is Y")."""
+    want = dataclasses.asdict(expected)
+    diffs = [
+        f"{field} {recorded.get(field)!r} (this machine/config: {want[field]!r})"
+        for field in (
+            "device",
+            "runtime",
+            "backend",
+            "precision",
+            "model",
+            "weights_sha256",
+            "config_hash",
+            "format",
+        )
+        if recorded.get(field) != want[field]
+    ]
+    if diffs:
+        raise EngineMismatchError(f"engine was built for another target: {'; '.join(diffs)}")
+
+
+def _atomic_write_bytes(dest: Path, data: bytes) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """``fcntl.flock`` on ``<path>.lock`` (kept afterwards: deleting lock files races)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process building %s (lock %s)", path.name, lock_path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class EngineCache:
+    """A directory of built engines keyed by :class:`EngineKey` (see the module docstring)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_engine_cache_dir()
+
+    def __repr__(self) -> str:
+        return f"EngineCache({str(self.root)!r})"
+
+    def path_for(self, key: EngineKey, suffix: str) -> Path:
+        """Where the engine of ``key`` lives (``suffix`` e.g. ``".ts"``, ``".onnx"``, ``".plan"``)."""
+        return self.root / key.model / f"{key.stem()}{suffix}"
+
+    @staticmethod
+    def sidecar(path: Path) -> Path:
+        return path.with_name(path.name + ".json")
+
+    def contains(self, path: str | Path) -> bool:
+        """Is ``path`` inside this cache directory (after resolving links)?"""
+        return Path(path).resolve().is_relative_to(self.root.resolve())
+
+    def read_metadata(self, path: Path) -> dict[str, Any] | None:
+        """The sidecar of ``path`` as a dict; None when missing or unreadable (logged)."""
+        side = self.sidecar(path)
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            logger.warning("engine metadata %s unreadable (%s)", side, e)
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def validate(self, path: Path, key: EngineKey) -> str | None:
+        """Why the entry at ``path`` cannot be used for ``key``; None when it can."""
+        if not path.is_file():
+            return "not built yet"
+        meta = self.read_metadata(path)
+        if meta is None:
+            return f"no readable metadata {self.sidecar(path).name}"
+        try:
+            check_same_target(meta.get("key", {}), key)
+        except EngineMismatchError as e:
+            return str(e)
+        if meta.get("file_size") != path.stat().st_size:
+            return (
+                f"file size {path.stat().st_size} != recorded {meta.get('file_size')} (truncated or corrupt)"
+            )
+        actual = sha256_file(path)
+        if actual != meta.get("file_sha256"):
+            return f"sha256 {actual[:12]}... != recorded {str(meta.get('file_sha256'))[:12]}... (corrupt)"
+        return None
+
+    def load_or_build(
+        self,
+        key: EngineKey,
+        suffix: str,
+        build: Callable[[Path], Mapping[str, Any]],
+        load: Callable[[Path], T],
+    ) -> T:
+        """Load the engine of ``key``, building it first when missing, stale or corrupt.
+
+        Args:
+            build: writes the engine to the given (temporary) path and returns extra metadata
+                for the sidecar (JSON-serialisable).
+            load: turns a validated engine file into a runner.
+        """
+        path = self.path_for(key, suffix)
+        reason = self.validate(path, key)
+        if reason is None:
+            logger.debug("engine cache hit: %s", path)
+            return load(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(path):
+            reason = self.validate(path, key)  # another process may have built it meanwhile
+            if reason is None:
+                logger.info("engine %s was built by another process", path.name)
+                return load(path)
+            if path.exists() or self.sidecar(path).exists():
+                logger.warning("rebuilding engine %s: %s", path, reason)
+            else:
+                logger.info("building %s engine for %s on %s -> %s", key.backend, key.model, key.device, path)
+            self._build(path, key, build)
+        return load(path)
+
+    def _build(self, path: Path, key: EngineKey, build: Callable[[Path], Mapping[str, Any]]) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+        try:
+            t0 = datetime.datetime.now(datetime.UTC)
+            extra = dict(build(tmp))
+            digest, size = sha256_file(tmp), tmp.stat().st_size
+            self.sidecar(path).unlink(missing_ok=True)  # never a new file beside an old record
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        meta = {
+            "key": dataclasses.asdict(key),
+            "file": path.name,
+            "file_sha256": digest,
+            "file_size": size,
+            "created": t0.isoformat(timespec="seconds"),
+            "build_seconds": round((datetime.datetime.now(datetime.UTC) - t0).total_seconds(), 3),
+            **extra,
+        }
+        _atomic_write_bytes(self.sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())

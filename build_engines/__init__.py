@@ -1,0 +1,148 @@
+"""Build engines ahead of time into the engine cache.
+
+``python -m build_engines`` and ``afd-trt build`` run the same code: for every requested model
+(Faster R-CNN gives two networks, its stage 1 and its box head), backend and precision, the engine
+is loaded from the cache when valid, else built into it (see ``afd_trt.engine_cache``). A JSON
+summary (one record per engine: network, backend, precision, device, path, status, seconds) goes
+to stdout. Exit status 1 when an engine could not be built (unavailable backends only count with
+``--strict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "build", "main", "run"]
+
+logger = logging.getLogger("build_engines")
+
+MODELS = ("yolov3", "faster-rcnn", "hrnetv2")
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    """``["yolov3=/a.pth", ...]`` -> ``{"yolov3": "/a.pth"}``, model names checked."""
+    out = {}
+    for item in items:
+        model, sep, value = item.partition("=")
+        if not sep or model not in MODELS or not value:
+            raise ValueError(f"{what} must look like MODEL=PATH with MODEL one of {MODELS}, got {item!r}")
+        out[model] = value
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The build options (shared by ``python -m build_engines`` and ``afd-trt build``)."""
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="default: all three")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("torchscript", "onnxruntime", "tensorrt", "auto"),
+        default=["auto"],
+        help="default: auto (the backend Detector(backend='auto') uses per network and device)",
+    )
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16"), default=["fp32"])
+    p.add_argument("--device", default="auto", help="cpu, cuda:0, ... or auto (default)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="engine cache (default: $AFD_TRT_CACHE/engines)"
+    )
+    p.add_argument(
+        "--checkpoint", action="append", default=[], metavar="MODEL=PATH", help="weights file of a model"
+    )
+    p.add_argument(
+        "--config", action="append", default=[], metavar="MODEL=PATH", help="config TOML of a model"
+    )
+    p.add_argument("--no-download", action="store_true", help="never download released weights")
+    p.add_argument("--strict", action="store_true", help="fail on unavailable backends/precisions too")
+
+
+def build(
+    models: Sequence[str],
+    backends: Sequence[str],
+    precisions: Sequence[str],
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    checkpoints: dict[str, str] | None = None,
+    configs: dict[str, str] | None = None,
+    download: bool = True,
+) -> list[dict[str, Any]]:
+    """Build (or find valid in the cache) every requested engine; one record per engine."""
+    from afd_trt.config import load_config
+    from afd_trt.detector import resolve_device
+    from afd_trt.engine_cache import EngineCache
+    from afd_trt.engines import BACKENDS, BackendUnavailableError, create_engine, networks_of, resolve_backend
+    from afd_trt.models import build_model
+    from afd_trt.weights import load_checkpoint, resolve_checkpoint
+
+    dev = resolve_device(device)
+    cache = EngineCache(cache_dir)
+    checkpoints, configs = checkpoints or {}, configs or {}
+    records: list[dict[str, Any]] = []
+    for model_name in models:
+        cfg = load_config(configs.get(model_name, model_name))
+        path = resolve_checkpoint(cfg.weights, checkpoints.get(model_name), download=download)
+        module = build_model(model_name)
+        load_checkpoint(module, path)
+        for net in networks_of(model_name, module.eval(), cfg):
+            for requested in backends:
+                backend = resolve_backend(requested, net.name, dev)
+                for precision in precisions:
+                    rec: dict[str, Any] = {
+                        "network": net.name,
+                        "backend": backend,
+                        "precision": precision,
+                        "device": str(dev),
+                    }
+                    t0 = time.perf_counter()
+                    try:
+                        spec = BACKENDS.get(backend)
+                        if spec is None:
+                            raise BackendUnavailableError(f"backend {backend!r} builds no engine file")
+                        entry = cache.path_for(spec.key(net, dev, precision), spec.suffix)
+                        was_valid = cache.validate(entry, spec.key(net, dev, precision)) is None
+                        create_engine(backend, net, dev, precision=precision, cache=cache)
+                        rec.update(path=str(entry), status="cached" if was_valid else "built")
+                    except (BackendUnavailableError, ValueError) as e:
+                        rec.update(status="unavailable", error=str(e))
+                        logger.warning("%s %s %s: %s", net.name, backend, precision, e)
+                    except Exception as e:  # a failed build: report it and go on with the others
+                        rec.update(status="failed", error=f"{type(e).__name__}: {e}")
+                        logger.exception("%s %s %s: build failed", net.name, backend, precision)
+                    rec["seconds"] = round(time.perf_counter() - t0, 3)
+                    records.append(rec)
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command line (see :func:`add_arguments`); prints the JSON summary."""
+    try:
+        records = build(
+            args.models,
+            args.backends,
+            args.precisions,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            checkpoints=_pairs(args.checkpoint, "--checkpoint"),
+            configs=_pairs(args.config, "--config"),
+            download=not args.no_download,
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        logger.error("%s", e)
+        return 2
+    print(json.dumps(records, indent=2))
+    bad = {"failed", "unavailable"} if args.strict else {"failed"}
+    return 1 if any(r["status"] in bad for r in records) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m build_engines", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return run(args)

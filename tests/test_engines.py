@@ -1,0 +1,361 @@
+"""Every backend against eager PyTorch on seeded weights: raw network outputs.
+
+Each (network, backend) engine is built once into a temporary engine cache, at the network's
+example shape, then run at other batch sizes and image sizes (the dynamic axes really used).
+Deviation is measured per output as ``max |engine - eager| / max |eager|``; TorchScript must stay
+within 1e-5 and ONNX Runtime within 1e-4. Engines loaded back from the cache must give the same
+outputs as the engine that built them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from afd_trt.config import load_config
+from afd_trt.engine_cache import EngineCache, EngineMismatchError
+from afd_trt.engines import (
+    AUTO_CPU,
+    ENGINES,
+    NETWORKS,
+    BackendUnavailableError,
+    Engine,
+    Network,
+    create_engine,
+    load_engine_file,
+    resolve_backend,
+)
+from afd_trt.models import build_model
+
+CPU = torch.device("cpu")
+TOL = {"torchscript": 1e-5, "onnxruntime": 1e-4}
+CONFIG_OF = {
+    "yolov3": "yolov3",
+    "faster-rcnn": "faster-rcnn",
+    "faster-rcnn-box-head": "faster-rcnn",
+    "hrnetv2": "hrnetv2",
+}
+# Input shapes per network; the engines are built at NETWORKS[name].example_shape, which differs.
+SHAPES = {
+    "yolov3": [(1, 3, 288, 352), (2, 3, 256, 416), (1, 3, 160, 96)],
+    "faster-rcnn": [(1, 3, 256, 320), (2, 3, 192, 128)],
+    "faster-rcnn-box-head": [(1, 256, 7, 7), (37, 256, 7, 7)],
+    "hrnetv2": [(1, 3, 256, 256), (3, 3, 256, 256)],
+}
+CASES = [(n, b) for n in SHAPES for b in TOL]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: the machines running these tests are small and shared, and
+    oversubscribed OpenMP spinning makes them many times slower. Results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def seeded_module(network: str, seed: int = 0) -> nn.Module:
+    """The network with seeded random weights, BatchNorm statistics included."""
+    model = build_model("faster-rcnn" if network == "faster-rcnn-box-head" else network)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+            elif t.dim() > 1:  # conv / linear weights: fan-in scaled, so activations stay O(1)
+                t.copy_(torch.randn(t.shape, generator=gen) * (2.0 / t[0].numel()) ** 0.5)
+            else:  # BatchNorm weights
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+    return model.roi_head.bbox_head if network == "faster-rcnn-box-head" else model
+
+
+@pytest.fixture(scope="module")
+def networks() -> dict[str, Network]:
+    return {n: Network(n, seeded_module(n), load_config(CONFIG_OF[n])) for n in SHAPES}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def engines(networks: dict[str, Network], cache_dir: Path) -> dict[tuple[str, str], Engine]:
+    """Built lazily, once per (network, backend)."""
+
+    class Lazy(dict[tuple[str, str], Engine]):
+        def __missing__(self, key: tuple[str, str]) -> Engine:
+            self[key] = create_engine(key[1], networks[key[0]], CPU, cache=cache_dir)
+            return self[key]
+
+    return Lazy()
+
+
+def inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def rel_dev(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> list[float]:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        assert g.dtype == torch.float32
+    return [float((g - w).abs().max() / w.abs().max()) for g, w in zip(got, want, strict=True)]
+
+
+@pytest.mark.parametrize(("network", "backend"), CASES)
+def test_backend_matches_eager(
+    network: str, backend: str, networks: dict[str, Network], engines: dict[tuple[str, str], Engine]
+) -> None:
+    eager = create_engine("torch", networks[network], CPU)
+    engine = engines[network, backend]
+    assert engine.name == backend
+    assert NETWORKS[network].example_shape not in SHAPES[network]
+    for i, shape in enumerate(SHAPES[network]):
+        x = inputs(shape, i)
+        want = eager(x)
+        assert len(want) == len(NETWORKS[network].output_names)
+        dev = rel_dev(engine(x), want)
+        assert max(dev) <= TOL[backend], f"{network} {backend} {shape}: relative deviations {dev}"
+
+
+@pytest.mark.parametrize(("network", "backend"), CASES)
+def test_reloaded_engine_agrees(
+    network: str,
+    backend: str,
+    networks: dict[str, Network],
+    engines: dict[tuple[str, str], Engine],
+    cache_dir: Path,
+) -> None:
+    first = engines[network, backend]
+    files = sorted(cache_dir.glob(f"{network}/{backend}-*"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    again = create_engine(backend, networks[network], CPU, cache=cache_dir)
+    assert again is not first
+    assert {p: p.stat().st_mtime_ns for p in sorted(cache_dir.glob(f"{network}/{backend}-*"))} == stamps
+    x = inputs(SHAPES[network][-1], 7)
+    for a, b in zip(again(x), first(x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_engine_files_and_metadata(
+    networks: dict[str, Network], engines: dict[tuple[str, str], Engine], cache_dir: Path
+) -> None:
+    import onnx
+
+    engines["faster-rcnn-box-head", "onnxruntime"]
+    engines["faster-rcnn-box-head", "torchscript"]
+    (onnx_path,) = cache_dir.glob("faster-rcnn-box-head/onnxruntime-fp32-*.onnx")
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    (inp,) = model.graph.input
+    assert inp.name == "rois"
+    assert inp.type.tensor_type.shape.dim[0].dim_param  # dynamic RoI count
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [256, 7, 7]
+    assert [o.name for o in model.graph.output] == ["cls", "reg"]
+    meta = json.loads(onnx_path.with_name(onnx_path.name + ".json").read_text())
+    assert meta["key"]["backend"] == "onnxruntime"
+    assert meta["key"]["config_hash"] == networks["faster-rcnn-box-head"].config_hash
+    assert meta["key"]["weights_sha256"] == networks["faster-rcnn-box-head"].weights_sha256
+    assert meta["onnx_opset"] >= 17
+    assert meta["target"]["device_tag"].startswith("cpu-")
+
+
+def test_detector_onnx_has_dynamic_image_axes(
+    engines: dict[tuple[str, str], Engine], cache_dir: Path
+) -> None:
+    import onnx
+
+    engines["yolov3", "onnxruntime"]
+    (onnx_path,) = cache_dir.glob("yolov3/onnxruntime-fp32-*.onnx")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
+    assert dims[1].dim_value == 3
+
+
+def test_engine_files_need_trust_outside_the_cache(
+    networks: dict[str, Network], engines: dict[tuple[str, str], Engine], cache_dir: Path, tmp_path: Path
+) -> None:
+    first = engines["faster-rcnn-box-head", "torchscript"]
+    (ts,) = cache_dir.glob("faster-rcnn-box-head/torchscript-*.ts")
+    copy = tmp_path / ts.name
+    shutil.copy(ts, copy)
+    shutil.copy(ts.with_name(ts.name + ".json"), copy.with_name(copy.name + ".json"))
+    with pytest.raises(PermissionError, match="trusted=True"):
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU)
+    inside = load_engine_file(ts, "torchscript", "faster-rcnn-box-head", CPU, cache=EngineCache(cache_dir))
+    trusted = load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
+    x = inputs((5, 256, 7, 7), 3)
+    for a, b, c in zip(trusted(x), inside(x), first(x), strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+    # ONNX holds no code: it loads from anywhere
+    engines["faster-rcnn-box-head", "onnxruntime"]
+    (onnx_path,) = cache_dir.glob("faster-rcnn-box-head/onnxruntime-*.onnx")
+    shutil.copy(onnx_path, tmp_path / onnx_path.name)
+    onnx_engine = load_engine_file(tmp_path / onnx_path.name, "onnxruntime", "faster-rcnn-box-head", CPU)
+    assert onnx_engine.name == "onnxruntime"
+
+
+def test_engine_file_from_another_runtime_is_refused(
+    engines: dict[tuple[str, str], Engine], cache_dir: Path, tmp_path: Path
+) -> None:
+    engines["faster-rcnn-box-head", "torchscript"]
+    (ts,) = cache_dir.glob("faster-rcnn-box-head/torchscript-*.ts")
+    copy = tmp_path / ts.name
+    shutil.copy(ts, copy)
+    meta = json.loads(ts.with_name(ts.name + ".json").read_text())
+    here = meta["key"]["runtime"]
+    meta["key"]["runtime"] = "torch-1.0.0"
+    copy.with_name(copy.name + ".json").write_text(json.dumps(meta))
+    with pytest.raises(EngineMismatchError, match=rf"torch-1\.0\.0.*{here.replace('+', '.')}"):
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
+
+
+def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
+    net = networks["faster-rcnn-box-head"]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        create_engine("tensorflow", net, CPU)
+    for backend in ("torch", "torchscript", "onnxruntime"):
+        with pytest.raises(ValueError, match="precision must be one of"):
+            create_engine(backend, net, CPU, precision="fp16")
+    with pytest.raises(BackendUnavailableError, match="tensorrt"):
+        create_engine("tensorrt", net, CPU)
+    with pytest.raises(ValueError, match="network name must be one of"):
+        Network("resnet", net.module)
+
+
+def test_auto_backend_on_cpu() -> None:
+    assert set(AUTO_CPU) == set(NETWORKS)
+    assert set(AUTO_CPU.values()) <= set(ENGINES)
+    for name, choice in AUTO_CPU.items():
+        assert resolve_backend("auto", name, CPU) == choice
+        assert resolve_backend("torch", name, CPU) == "torch"
+
+
+def test_auto_engine_is_the_chosen_backend(networks: dict[str, Network], cache_dir: Path) -> None:
+    engine = create_engine("auto", networks["faster-rcnn-box-head"], CPU, cache=cache_dir)
+    assert engine.name == AUTO_CPU["faster-rcnn-box-head"]
+
+
+# GPU: TorchScript fp32/fp16, ONNX Runtime's CUDA provider, TensorRT fp32/fp16
+# ---------------------------------------------------------------------------------------------
+
+CUDA = torch.device("cuda:0")
+GPU_TOL = {"fp32": 1e-3, "fp16": 2e-2}  # TF32 / half kernels
+
+
+def _gpu_case(
+    network: str, backend: str, precision: str, networks: dict[str, Network], cache_dir: Path
+) -> None:
+    net = networks[network]
+    eager = create_engine("torch", net, CPU)
+    engine = create_engine(backend, net, CUDA, precision=precision, cache=cache_dir)
+    for i, shape in enumerate(SHAPES[network]):
+        x = inputs(shape, i)
+        got = tuple(t.cpu() for t in engine(x.to(CUDA)))
+        dev = rel_dev(got, eager(x))
+        assert max(dev) <= GPU_TOL[precision], f"{network} {backend} {precision} {shape}: {dev}"
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("network", ["yolov3", "faster-rcnn-box-head", "hrnetv2"])
+def test_torchscript_cuda(
+    network: str, precision: str, networks: dict[str, Network], cache_dir: Path
+) -> None:
+    _gpu_case(network, "torchscript", precision, networks, cache_dir)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("network", ["yolov3", "hrnetv2"])
+def test_onnxruntime_cuda(network: str, networks: dict[str, Network], cache_dir: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime has no CUDAExecutionProvider ({ort.get_available_providers()})")
+    _gpu_case(network, "onnxruntime", "fp32", networks, cache_dir)
+
+
+needs_tensorrt = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is None,
+    reason="TensorRT (the tensorrt Python package) is not installed",
+)
+
+
+@pytest.mark.needs_cuda
+@needs_tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("network", ["yolov3", "faster-rcnn-box-head", "hrnetv2"])
+def test_tensorrt(network: str, precision: str, networks: dict[str, Network], cache_dir: Path) -> None:
+    _gpu_case(network, "tensorrt", precision, networks, cache_dir)
+    (plan,) = cache_dir.glob(f"{network}/tensorrt-{precision}-*.plan")
+    meta = json.loads(plan.with_name(plan.name + ".json").read_text())
+    major, minor = torch.cuda.get_device_capability(CUDA)
+    assert meta["target"]["compute_capability"] == f"sm_{major}{minor}"
+    assert meta["precision"] == precision
+    assert meta["weights_sha256"] == networks[network].weights_sha256
+    assert meta["config_hash"] == networks[network].config_hash
+    assert NETWORKS[network].input_name in meta["profiles"]
+
+
+@pytest.mark.needs_cuda
+@needs_tensorrt
+def test_tensorrt_plan_from_another_gpu_is_refused(
+    networks: dict[str, Network], cache_dir: Path, tmp_path: Path
+) -> None:
+    create_engine("tensorrt", networks["faster-rcnn-box-head"], CUDA, cache=cache_dir)
+    (plan,) = cache_dir.glob("faster-rcnn-box-head/tensorrt-fp32-*.plan")
+    copy = tmp_path / plan.name
+    shutil.copy(plan, copy)
+    meta = json.loads(plan.with_name(plan.name + ".json").read_text())
+    meta["key"]["device"] = "cuda-sm_10"
+    copy.with_name(copy.name + ".json").write_text(json.dumps(meta))
+    with pytest.raises(EngineMismatchError, match=r"cuda-sm_10.*cuda-sm_\d+"):
+        load_engine_file(copy, "tensorrt", "faster-rcnn-box-head", CUDA, trusted=True)
+
+
+# The [engine] section of the model configs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_packaged_configs_have_profiles_for_every_network_input() -> None:
+    for network, io in NETWORKS.items():
+        profile = load_config(CONFIG_OF[network]).engine.profile(io.input_name)
+        assert profile is not None, f"{CONFIG_OF[network]}.toml has no [engine.profiles.{io.input_name}]"
+        assert len(profile.min) == len(io.example_shape)
+        fixed = [a for a in range(len(io.example_shape)) if a not in io.input_dynamic]
+        for a in fixed:  # axes that cannot vary must be pinned to the network's size
+            assert profile.min[a] == profile.opt[a] == profile.max[a] == io.example_shape[a]
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ("min = [1, 3, 64, 64]\nopt = [1, 3, 32, 64]\nmax = [2, 3, 64, 64]", "min <= opt <= max"),
+        ("min = [1, 3, 64]\nopt = [1, 3, 64, 64]\nmax = [2, 3, 64, 64]", "ranks differ"),
+        ("min = [0, 3, 64, 64]\nopt = [1, 3, 64, 64]\nmax = [2, 3, 64, 64]", "positive integers"),
+        ("min = [1, 3, 64, 64]\nopt = [1, 3, 64, 64]", "missing key 'max'"),
+    ],
+)
+def test_bad_engine_profile_is_rejected(tmp_path: Path, table: str, match: str) -> None:
+    text = (Path(__file__).parent.parent / "configs" / "hrnetv2.toml").read_text()
+    text = text[: text.index("[engine.profiles.crops]")] + "[engine.profiles.crops]\n" + table + "\n"
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
