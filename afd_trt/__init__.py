@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import load_config  # noqa: E402
-from .detector import BatchError, Detector, create_detector  # noqa: E402
+from .config import load_config
+from .detector import BatchError, Detector, create_detector
 
 __all__ = ["BatchError", "Detector", "__version__", "create_detector", "load_config"]

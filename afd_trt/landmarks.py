@@ -114,7 +114,9 @@ class LandmarkEstimator:
         w, h = cfg.input_size
         centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
-        crops = ops.warp_crops(image, mats, (w, h), cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode)
+        crops = ops.warp_crops(
+            image, mats, (w, h), cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode
+        )
         return crops, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
     def _heatmaps(self, crops: np.ndarray, flip_test: bool) -> tuple[np.ndarray, np.ndarray | None]:

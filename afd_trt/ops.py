@@ -184,7 +184,9 @@ def roi_align(
     Returns:
         float32 (K, C, output_size, output_size).
     """
-    out: NDArray[np.float32] = _C.roi_align(feature, rois, spatial_scale, output_size, sampling_ratio, aligned)
+    out: NDArray[np.float32] = _C.roi_align(
+        feature, rois, spatial_scale, output_size, sampling_ratio, aligned
+    )
     return out
 
 
@@ -222,8 +224,6 @@ def multilevel_roi_align(
 # ---------------------------------------------------------------------------------------------
 # Landmark ops: face-crop warp, heatmap flip merge and decoding.
 # ---------------------------------------------------------------------------------------------
-
-
 
 
 def _size_pair(out_size: tuple[int, int]) -> tuple[int, int]:
