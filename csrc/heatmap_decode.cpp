@@ -132,12 +132,11 @@ constexpr int64_t kOpenCVLanes = 8;
 // Zero-padded separable Gaussian blur of one (h, w) float32 map, rounded like upstream's
 // cv2.GaussianBlur(np.pad(map, r), (ksize, ksize), 0) (OpenCV 5, AVX2/FMA dispatch; the zero
 // padding hides OpenCV's own border rule):
-//  - rows: taps accumulated left to right with fma (ksize 3: centre first, then the symmetric
-//    pair, as OpenCV's small symmetric row filter),
+//  - rows: taps accumulated left to right with fma; ksize 3 and 5 (OpenCV's small symmetric row
+//    filter): k[r+1] * (pair 1), fma with the centre, then fma with pair 2,
 //  - columns: k[r] * centre, then fma(k[r+j], up_j + down_j, acc) for j = 1..r, except on the
 //    padded-width tail (see kOpenCVLanes) where the product is rounded before the add.
-// Verified against cv2 for ksize 3, 7, 9, 11, 13, 15, 17, 21 and widths 3..79: 0 differing
-// floats. ksize 5 (OpenCV's small-kernel row filter) rounds differently (~1 ulp of the blur).
+// Verified against cv2 for ksize 3 to 21 and widths 3..79: 0 differing floats.
 AFD_INLINE void blur_map_impl(const float* map, int64_t h, int64_t w, const float* k, int64_t taps,
                               std::vector<float>& tmp, float* out) {
   const int64_t r = taps / 2;
@@ -146,8 +145,12 @@ AFD_INLINE void blur_map_impl(const float* map, int64_t h, int64_t w, const floa
   for (int64_t y = 0; y < h; ++y) {
     std::copy(map + y * w, map + (y + 1) * w, padded + r);
     float* dst = tmp.data() + y * w;
-    if (taps == 3) {
-      for (int64_t x = 0; x < w; ++x) dst[x] = std::fma(k[2], padded[x] + padded[x + 2], k[1] * padded[x + 1]);
+    if (taps <= 5) {  // OpenCV's small symmetric row filter: pair 1, centre, then pair 2
+      const float* c = padded + r;
+      for (int64_t x = 0; x < w; ++x) dst[x] = std::fma(c[x], k[r], k[r + 1] * (c[x - 1] + c[x + 1]));
+      if (taps == 5) {
+        for (int64_t x = 0; x < w; ++x) dst[x] = std::fma(c[x + 2] + c[x - 2], k[4], dst[x]);
+      }
       continue;
     }
     for (int64_t x = 0; x < w; ++x) dst[x] = 0.f;
