@@ -137,28 +137,42 @@ constexpr int64_t kOpenCVLanes = 8;
 //  - columns: k[r] * centre, then fma(k[r+j], up_j + down_j, acc) for j = 1..r, except on the
 //    padded-width tail (see kOpenCVLanes) where the product is rounded before the add.
 // Verified against cv2 for ksize 3 to 21 and widths 3..79: 0 differing floats.
+// Pixel loops of the blur on non-aliasing rows, so that the compiler vectorises them.
+AFD_INLINE void fma_taps(float* __restrict dst, const float* __restrict src, float k, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = std::fma(k, src[x], dst[x]);
+}
+
+AFD_INLINE void small_row(float* __restrict dst, const float* __restrict c, const float* k, int64_t r,
+                          int64_t n) {  // c: the centre taps, c[-r .. n + r) readable
+  const float k0 = k[r], k1 = k[r + 1];
+  for (int64_t x = 0; x < n; ++x) dst[x] = std::fma(c[x], k0, k1 * (c[x - 1] + c[x + 1]));
+  if (r == 2) {
+    const float k2 = k[r + 2];
+    for (int64_t x = 0; x < n; ++x) dst[x] = std::fma(c[x + 2] + c[x - 2], k2, dst[x]);
+  }
+}
+
+AFD_INLINE void column_pair(float* __restrict dst, const float* __restrict up, const float* __restrict down, float k,
+                            int64_t fma_n, int64_t n) {
+  for (int64_t x = 0; x < fma_n; ++x) dst[x] = std::fma(k, up[x] + down[x], dst[x]);
+  for (int64_t x = fma_n; x < n; ++x) dst[x] = dst[x] + k * (up[x] + down[x]);
+}
+
 AFD_INLINE void blur_map_impl(const float* map, int64_t h, int64_t w, const float* k, int64_t taps,
                               std::vector<float>& tmp, float* out) {
   const int64_t r = taps / 2;
-  tmp.assign(static_cast<size_t>(h * w + w + 2 * r), 0.f);
-  float* padded = tmp.data() + h * w;  // one zero-padded input row
+  // tmp: h row-filtered rows, one zero row (the padding rows of the column pass), one padded input row.
+  tmp.assign(static_cast<size_t>(h * w + w + w + 2 * r), 0.f);
+  const float* zeros = tmp.data() + h * w;
+  float* padded = tmp.data() + h * w + w;
   for (int64_t y = 0; y < h; ++y) {
     std::copy(map + y * w, map + (y + 1) * w, padded + r);
     float* dst = tmp.data() + y * w;
     if (taps <= 5) {  // OpenCV's small symmetric row filter: pair 1, centre, then pair 2
-      const float* c = padded + r;
-      for (int64_t x = 0; x < w; ++x) dst[x] = std::fma(c[x], k[r], k[r + 1] * (c[x - 1] + c[x + 1]));
-      if (taps == 5) {
-        for (int64_t x = 0; x < w; ++x) dst[x] = std::fma(c[x + 2] + c[x - 2], k[4], dst[x]);
-      }
+      small_row(dst, padded + r, k, r, w);
       continue;
     }
-    for (int64_t x = 0; x < w; ++x) dst[x] = 0.f;
-    for (int64_t j = 0; j < taps; ++j) {  // tap-outer, pixel-inner: vectorisable, same per-pixel order
-      const float kj = k[j];
-      const float* src = padded + j;
-      for (int64_t x = 0; x < w; ++x) dst[x] = std::fma(kj, src[x], dst[x]);
-    }
+    for (int64_t j = 0; j < taps; ++j) fma_taps(dst, padded + j, k[j], w);  // dst starts at 0
   }
   const int64_t padded_w = w + 2 * r;
   const int64_t fma_w = std::clamp<int64_t>(padded_w - padded_w % kOpenCVLanes - r, 0, w);
@@ -167,18 +181,11 @@ AFD_INLINE void blur_map_impl(const float* map, int64_t h, int64_t w, const floa
     const float* centre = tmp.data() + y * w;
     for (int64_t x = 0; x < w; ++x) dst[x] = k[r] * centre[x];
     for (int64_t j = 1; j <= r; ++j) {
-      const float kj = k[r + j];
       const bool has_up = y - j >= 0, has_down = y + j < h;
-      const float* up = tmp.data() + (has_up ? y - j : y) * w;
-      const float* down = tmp.data() + (has_down ? y + j : y) * w;
-      if (has_up && has_down) {
-        for (int64_t x = 0; x < fma_w; ++x) dst[x] = std::fma(kj, up[x] + down[x], dst[x]);
-        for (int64_t x = fma_w; x < w; ++x) dst[x] = dst[x] + kj * (up[x] + down[x]);
-      } else if (has_up || has_down) {  // the other row is padding: x + 0 == x
-        const float* row = has_up ? up : down;
-        for (int64_t x = 0; x < fma_w; ++x) dst[x] = std::fma(kj, row[x] + 0.f, dst[x]);
-        for (int64_t x = fma_w; x < w; ++x) dst[x] = dst[x] + kj * (row[x] + 0.f);
-      }  // both padding: fma(k, 0, acc) == acc
+      if (!has_up && !has_down) continue;  // fma(k, 0 + 0, acc) == acc
+      const float* up = has_up ? tmp.data() + (y - j) * w : zeros;
+      const float* down = has_down ? tmp.data() + (y + j) * w : zeros;
+      column_pair(dst, up, down, k[r + j], fma_w, w);
     }
   }
 }
@@ -301,15 +308,14 @@ bool dark_offset(const float* map, int64_t h, int64_t w, int64_t px, int64_t py,
                  float& off_x, float& off_y) {
   blurred.resize(static_cast<size_t>(h * w));
   blur_map(map, h, w, kernel, tmp, blurred.data());
-  float bmax = blurred[0];
+  float bmax = blurred[0];  // np.max: NaN if any is NaN
+  bool any_nan = false;
   for (int64_t i = 0; i < h * w; ++i) {
     const float v = blurred[static_cast<size_t>(i)];
-    if (std::isnan(v)) {
-      bmax = v;
-      break;
-    }
-    if (v > bmax) bmax = v;
+    any_nan |= v != v;
+    bmax = v > bmax ? v : bmax;
   }
+  if (any_nan) bmax = std::numeric_limits<float>::quiet_NaN();
   const float ratio = orig_max / bmax;
   auto lg = [&](int64_t xx, int64_t yy) {
     float v = blurred[static_cast<size_t>(yy * w + xx)] * ratio;
