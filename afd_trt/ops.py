@@ -358,11 +358,15 @@ def decode_heatmaps(
       rescaled so its maximum equals the original one, ``log(max(., 1e-10))``, then one Newton
       step from finite differences at the peak when 2 <= px <= W-3 and 2 <= py <= H-3. The
       rescale is kept (not dropped as a constant in log space) because the 1e-10 clamp and a
-      non-positive blurred maximum make it matter. Derivatives are rounded in float32 as
-      upstream; the 2x2 solve is done in double (upstream: float32 LAPACK). Measured against
-      upstream on random 64x64 maps: within 1 float32 ulp of the heatmap coordinate
-      (<= 7.6e-6 heatmap px); ill-conditioned Hessians can amplify the LAPACK difference. A float32 Hessian
-      determinant of 0 means no offset (as upstream).
+      non-positive blurred maximum make it matter. Every step rounds as upstream's float32 code
+      (on flat maps, e.g. from random weights, the Newton step turns 1-ulp differences into
+      whole pixels): the blur like OpenCV 5's float32 separable filter on AVX2/FMA CPUs, the log
+      like numpy's float32 SIMD ``np.log``, ``dxy**2`` with libm ``powf``, the 2x2 inverse as
+      numpy's ``np.linalg.inv`` returns it (LAPACK LU in double, rounded to float32), then the
+      float32 matrix-vector product. Measured against upstream: bit-identical on random peaky,
+      crafted flat and random-init HRNetV2 maps (x86-64 with AVX2/FMA; other CPUs give other
+      roundings in OpenCV and numpy themselves). A float32 Hessian determinant of 0 (or an
+      exactly singular LU, where upstream raises) means no offset.
     - ``"quarter"`` (upstream ``'default'``): +-0.25 px toward the larger neighbour in x and y
       when 1 < px < W-1 and 1 < py < H-1 (0 on ties).
     - ``"none"``: the integer argmax.

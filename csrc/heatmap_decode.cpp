@@ -3,15 +3,21 @@
 //  - decode_heatmaps: per map argmax + score, then a sub-pixel refinement ("dark" = mmpose's
 //    'unbiased' Taylor step on the log of a Gaussian-blurred map, "quarter" = mmpose's 'default'
 //    +-0.25 px step, "none"), then the affine back to image pixels (transform_preds, use_udp=False).
-// Arithmetic follows upstream's float32 numpy order; only the 2x2 Newton solve runs in double
-// (upstream: float32 LAPACK inverse). Measured against upstream on random 64x64 maps: scores and
-// "quarter"/"none" coordinates identical, "dark" coordinates within 1 float32 ulp (<= 7.6e-6 px).
+// "dark" reproduces upstream's float32 arithmetic step by step, because on flat maps (random
+// weights, plateaus) the Newton step amplifies any rounding difference to whole pixels:
+//  - the blur rounds like OpenCV 5's float32 separable filter on AVX2/FMA CPUs (cv2.GaussianBlur),
+//  - the log is numpy's float32 SIMD log (not libm's logf: they differ by an ulp in ~14% of inputs),
+//  - the determinant test uses libm powf for dxy**2 (numpy float32 scalar power),
+//  - the 2x2 inverse is LAPACK's partial-pivoting LU in double rounded to float32 (what numpy's
+//    float32 np.linalg.inv returns with its OpenBLAS), the matrix-vector product is float32.
+// Measured: bit-identical to upstream on random, random-init-HRNet and crafted plateau maps.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
@@ -110,70 +116,211 @@ Peak argmax(const float* map, int64_t size) {
   return best;
 }
 
-// Zero-padded separable Gaussian blur of one (h, w) map: what upstream gets from padding by
-// ksize/2 zeros and cv2.GaussianBlur (the padding hides cv2's own border rule). Rows first
-// (taps accumulated left to right), then columns (symmetric taps paired), in float32.
-void blur_map(const float* map, int64_t h, int64_t w, const std::vector<float>& k, std::vector<float>& tmp,
-              float* out) {
-  const int64_t r = static_cast<int64_t>(k.size()) / 2;
-  const int64_t taps = static_cast<int64_t>(k.size());
-  // Tap-outer, pixel-inner loops: each output still accumulates its taps in order, and the
-  // inner loops are branch-free so the compiler vectorises them.
-  tmp.assign(static_cast<size_t>(h * w + w + 2 * r), 0.f);
-  float* padded = tmp.data() + h * w;  // one zero-padded input row
+// x86-64 builds use portable flags; the blur gets a runtime-dispatched AVX2/FMA clone.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define AFD_FMA_CLONE 1
+#define AFD_INLINE inline __attribute__((always_inline))
+#else
+#define AFD_FMA_CLONE 0
+#define AFD_INLINE inline
+#endif
+
+// OpenCV's float32 separable filter processes the padded image in 8-float vectors; the last
+// (padded width % 8) columns of the column pass are done 4-wide or scalar with mul + add, not fma.
+constexpr int64_t kOpenCVLanes = 8;
+
+// Zero-padded separable Gaussian blur of one (h, w) float32 map, rounded like upstream's
+// cv2.GaussianBlur(np.pad(map, r), (ksize, ksize), 0) (OpenCV 5, AVX2/FMA dispatch; the zero
+// padding hides OpenCV's own border rule):
+//  - rows: taps accumulated left to right with fma; ksize 3 and 5 (OpenCV's small symmetric row
+//    filter): k[r+1] * (pair 1), fma with the centre, then fma with pair 2,
+//  - columns: k[r] * centre, then fma(k[r+j], up_j + down_j, acc) for j = 1..r, except on the
+//    padded-width tail (see kOpenCVLanes) where the product is rounded before the add.
+// Verified against cv2 for ksize 3 to 21 and widths 3..79: 0 differing floats.
+// Pixel loops of the blur on non-aliasing rows, so that the compiler vectorises them.
+AFD_INLINE void fma_taps(float* __restrict dst, const float* __restrict src, float k, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = std::fma(k, src[x], dst[x]);
+}
+
+AFD_INLINE void small_row(float* __restrict dst, const float* __restrict c, const float* k, int64_t r,
+                          int64_t n) {  // c: the centre taps, c[-r .. n + r) readable
+  const float k0 = k[r], k1 = k[r + 1];
+  for (int64_t x = 0; x < n; ++x) dst[x] = std::fma(c[x], k0, k1 * (c[x - 1] + c[x + 1]));
+  if (r == 2) {
+    const float k2 = k[r + 2];
+    for (int64_t x = 0; x < n; ++x) dst[x] = std::fma(c[x + 2] + c[x - 2], k2, dst[x]);
+  }
+}
+
+AFD_INLINE void column_pair(float* __restrict dst, const float* __restrict up, const float* __restrict down, float k,
+                            int64_t fma_n, int64_t n) {
+  for (int64_t x = 0; x < fma_n; ++x) dst[x] = std::fma(k, up[x] + down[x], dst[x]);
+  for (int64_t x = fma_n; x < n; ++x) dst[x] = dst[x] + k * (up[x] + down[x]);
+}
+
+AFD_INLINE void blur_map_impl(const float* map, int64_t h, int64_t w, const float* k, int64_t taps,
+                              std::vector<float>& tmp, float* out) {
+  const int64_t r = taps / 2;
+  // tmp: h row-filtered rows, one zero row (the padding rows of the column pass), one padded input row.
+  tmp.assign(static_cast<size_t>(h * w + w + w + 2 * r), 0.f);
+  const float* zeros = tmp.data() + h * w;
+  float* padded = tmp.data() + h * w + w;
   for (int64_t y = 0; y < h; ++y) {
     std::copy(map + y * w, map + (y + 1) * w, padded + r);
     float* dst = tmp.data() + y * w;
-    for (int64_t x = 0; x < w; ++x) dst[x] = 0.f;
-    for (int64_t j = 0; j < taps; ++j) {
-      const float kj = k[static_cast<size_t>(j)];
-      const float* src = padded + j;
-      for (int64_t x = 0; x < w; ++x) dst[x] += kj * src[x];
+    if (taps <= 5) {  // OpenCV's small symmetric row filter: pair 1, centre, then pair 2
+      small_row(dst, padded + r, k, r, w);
+      continue;
     }
+    for (int64_t j = 0; j < taps; ++j) fma_taps(dst, padded + j, k[j], w);  // dst starts at 0
   }
+  const int64_t padded_w = w + 2 * r;
+  const int64_t fma_w = std::clamp<int64_t>(padded_w - padded_w % kOpenCVLanes - r, 0, w);
   for (int64_t y = 0; y < h; ++y) {
     float* dst = out + y * w;
     const float* centre = tmp.data() + y * w;
-    const float k0 = k[static_cast<size_t>(r)];
-    for (int64_t x = 0; x < w; ++x) dst[x] = k0 * centre[x];
+    for (int64_t x = 0; x < w; ++x) dst[x] = k[r] * centre[x];
     for (int64_t j = 1; j <= r; ++j) {
-      const float kj = k[static_cast<size_t>(r + j)];
       const bool has_up = y - j >= 0, has_down = y + j < h;
-      const float* up = tmp.data() + (has_up ? y - j : y) * w;
-      const float* down = tmp.data() + (has_down ? y + j : y) * w;
-      if (has_up && has_down) {
-        for (int64_t x = 0; x < w; ++x) dst[x] += kj * (up[x] + down[x]);
-      } else if (has_up) {
-        for (int64_t x = 0; x < w; ++x) dst[x] += kj * (up[x] + 0.f);
-      } else if (has_down) {
-        for (int64_t x = 0; x < w; ++x) dst[x] += kj * (0.f + down[x]);
-      }
+      if (!has_up && !has_down) continue;  // fma(k, 0 + 0, acc) == acc
+      const float* up = has_up ? tmp.data() + (y - j) * w : zeros;
+      const float* down = has_down ? tmp.data() + (y + j) * w : zeros;
+      column_pair(dst, up, down, k[r + j], fma_w, w);
     }
   }
 }
 
+void blur_map_generic(const float* map, int64_t h, int64_t w, const float* k, int64_t taps, std::vector<float>& tmp,
+                      float* out) {
+  blur_map_impl(map, h, w, k, taps, tmp, out);
+}
+
+#if AFD_FMA_CLONE
+// Same code for CPUs with FMA: std::fma becomes one instruction instead of a libm call. fma is
+// correctly rounded either way, so the results are identical.
+__attribute__((target("avx2,fma"))) void blur_map_fma(const float* map, int64_t h, int64_t w, const float* k,
+                                                      int64_t taps, std::vector<float>& tmp, float* out) {
+  blur_map_impl(map, h, w, k, taps, tmp, out);
+}
+
+bool cpu_has_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+void blur_map(const float* map, int64_t h, int64_t w, const std::vector<float>& k, std::vector<float>& tmp,
+              float* out) {
+  const int64_t taps = static_cast<int64_t>(k.size());
+#if AFD_FMA_CLONE
+  if (cpu_has_fma()) return blur_map_fma(map, h, w, k.data(), taps, tmp, out);
+#endif
+  blur_map_generic(map, h, w, k.data(), taps, tmp, out);
+}
+
+uint32_t float_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+float bits_float(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// numpy's float32 np.log on x86-64 with AVX2/FMA3 or AVX512F (its SIMD loop; libm's logf differs by
+// an ulp on ~14% of inputs): x = m * 2^e with m in (sqrt(1/2), sqrt(2)], then
+// log(x) = e * ln2 + P(m - 1) / Q(m - 1), degree-5 rational, Horner with fma.
+float numpy_logf(float x) {
+  if (std::isnan(x)) return x;
+  if (x < 0.f) return -std::numeric_limits<float>::quiet_NaN();
+  if (x == 0.f) return -std::numeric_limits<float>::infinity();
+  if (std::isinf(x)) return x;
+  float e_shift = 0.f;
+  if (x < std::numeric_limits<float>::min()) {  // subnormal: scale by 2^100 first
+    x *= bits_float(0x71800000u);
+    e_shift = 100.f;
+  }
+  const uint32_t bits = float_bits(x);
+  float e = static_cast<float>(static_cast<int32_t>(bits >> 23) - 126) - e_shift;
+  float m = bits_float((bits & 0x007fffffu) | (126u << 23));  // [0.5, 1)
+  if (m <= 0.707106781186547524400844362104849039f) {
+    m = m + m;
+    e = e - 1.f;
+  }
+  const float y = m - 1.f;
+  constexpr float p[6] = {0.000000000000000000000e+00f, 9.999999999999998702752e-01f,
+                          2.112677543073053063722e+00f, 1.480000633576506585156e+00f,
+                          3.808837741388407920751e-01f, 2.589979117907922693523e-02f};
+  constexpr float q[6] = {1.000000000000000000000e+00f, 2.612677543073109236779e+00f,
+                          2.453006071784736363091e+00f, 9.864942958519418960339e-01f,
+                          1.546476374983906719538e-01f, 5.875095403124574342950e-03f};
+  float num = p[5], den = q[5];
+  for (int i = 4; i >= 0; --i) {
+    num = std::fma(num, y, p[i]);
+    den = std::fma(den, y, q[i]);
+  }
+  return std::fma(e, 0.693147180559945309417232121458176568f, num / den);
+}
+
+// numpy float32 scalar `v ** 2`: libm powf, which is not always the correctly rounded v * v.
+// The volatile exponent keeps the compiler from folding powf(v, 2) into v * v.
+float numpy_square(float v) {
+  volatile float two = 2.f;
+  return std::pow(v, static_cast<float>(two));
+}
+
+// np.linalg.inv of the float32 symmetric [[a, b], [b, d]] as numpy returns it: LAPACK gesv
+// (partial-pivoting LU, reciprocal-scaled multiplier and diagonal) in double, rounded to float32.
+// Returns false where LAPACK finds an exactly zero pivot (numpy raises LinAlgError there).
+bool inverse_like_numpy(float a32, float b32, float d32, float inv[4]) {
+  double a00 = a32, a01 = b32, a10 = b32, a11 = d32;
+  const bool swap = std::fabs(a10) > std::fabs(a00);  // first maximum wins, as i?amax
+  if (swap) {
+    std::swap(a00, a10);
+    std::swap(a01, a11);
+  }
+  if (a00 == 0.0) return false;
+  const double r00 = 1.0 / a00;
+  const double l = a10 * r00;
+  const double u11 = a11 - l * a01;
+  if (u11 == 0.0) return false;
+  const double r11 = 1.0 / u11;
+  for (int c = 0; c < 2; ++c) {
+    const double b0 = (swap ? c == 1 : c == 0) ? 1.0 : 0.0;  // column c of P * I
+    const double b1 = 1.0 - b0;
+    const double x1 = (b1 - l * b0) * r11;
+    const double x0 = (b0 - a01 * x1) * r00;
+    inv[c] = static_cast<float>(x0);
+    inv[2 + c] = static_cast<float>(x1);
+  }
+  return true;
+}
+
 // The DARK (unbiased) offset at integer peak (px, py), 2 <= px <= W-3 and 2 <= py <= H-3:
-// log of the blurred map rescaled to the original peak height, one Newton step.
-// Returns false (no offset) where upstream's float32 Hessian determinant is 0.
+// log of the blurred map rescaled to the original peak height, one Newton step, all rounded
+// as upstream's numpy float32 code. Returns false (no offset) where upstream's float32 Hessian
+// determinant is 0 (or its LAPACK inverse would raise).
 bool dark_offset(const float* map, int64_t h, int64_t w, int64_t px, int64_t py, float orig_max,
                  const std::vector<float>& kernel, std::vector<float>& tmp, std::vector<float>& blurred,
                  float& off_x, float& off_y) {
   blurred.resize(static_cast<size_t>(h * w));
   blur_map(map, h, w, kernel, tmp, blurred.data());
-  float bmax = blurred[0];
+  float bmax = blurred[0];  // np.max: NaN if any is NaN
+  bool any_nan = false;
   for (int64_t i = 0; i < h * w; ++i) {
     const float v = blurred[static_cast<size_t>(i)];
-    if (std::isnan(v)) {
-      bmax = v;
-      break;
-    }
-    if (v > bmax) bmax = v;
+    any_nan |= v != v;
+    bmax = v > bmax ? v : bmax;
   }
+  if (any_nan) bmax = std::numeric_limits<float>::quiet_NaN();
   const float ratio = orig_max / bmax;
   auto lg = [&](int64_t xx, int64_t yy) {
     float v = blurred[static_cast<size_t>(yy * w + xx)] * ratio;
     if (!std::isnan(v) && v < 1e-10f) v = 1e-10f;
-    return std::log(v);
+    return numpy_logf(v);
   };
   const float c = lg(px, py);
   const float dx = 0.5f * (lg(px + 1, py) - lg(px - 1, py));
@@ -181,13 +328,13 @@ bool dark_offset(const float* map, int64_t h, int64_t w, int64_t px, int64_t py,
   const float dxx = 0.25f * ((lg(px + 2, py) - 2.f * c) + lg(px - 2, py));
   const float dxy = 0.25f * (((lg(px + 1, py + 1) - lg(px + 1, py - 1)) - lg(px - 1, py + 1)) + lg(px - 1, py - 1));
   const float dyy = 0.25f * ((lg(px, py + 2) - 2.f * c) + lg(px, py - 2));
-  const float det32 = dxx * dyy - dxy * dxy;
+  const float det32 = dxx * dyy - numpy_square(dxy);
   if (!(det32 != 0.f)) return false;  // NaN passes, as numpy's `!= 0` does
-  const double a = dxx, b = dxy, d = dyy, gx = dx, gy = dy;
-  const double det = a * d - b * b;
-  if (det == 0.0) return false;  // float32 says invertible, exact says singular: upstream's LAPACK raises
-  off_x = static_cast<float>(-(d * gx - b * gy) / det);
-  off_y = static_cast<float>(-(a * gy - b * gx) / det);
+  float inv[4];
+  if (!inverse_like_numpy(dxx, dxy, dyy, inv)) return false;
+  // offset = -inv @ [dx, dy] in float32: products rounded, then summed.
+  off_x = -(inv[0] * dx + inv[1] * dy);
+  off_y = -(inv[2] * dx + inv[3] * dy);
   return true;
 }
 

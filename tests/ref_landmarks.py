@@ -213,29 +213,73 @@ def merge_flip(
     return ((heatmaps + back) / np.float32(2)).astype(np.float32)
 
 
-def blur_zero_padded(heatmap: NDArray[np.float32], kernel: int) -> NDArray[np.float64]:
-    """Separable Gaussian blur (cv2.getGaussianKernel(kernel, 0)) of one (H, W) map with zeros
-    outside, in float64."""
-    k = cv2.getGaussianKernel(kernel, 0, ktype=cv2.CV_32F)[:, 0].astype(np.float64)
+OPENCV_LANES = 8  # float32 lanes of OpenCV's AVX2 separable filter (the tail of a row is scalar)
+
+
+def blur_like_opencv(heatmap: NDArray[np.float32], kernel: int) -> NDArray[np.float32]:
+    """What upstream gets from ``cv2.GaussianBlur(np.pad(heatmap, kernel // 2), (kernel, kernel), 0)``
+    cropped back to (H, W): float32 (H, W), rounded like OpenCV 5's float32 separable filter on
+    AVX2/FMA CPUs (the zero padding hides OpenCV's border rule).
+
+    Kernel: ``cv2.getGaussianKernel(kernel, 0, CV_32F)``. Rows (over the padded width
+    Wp = W + kernel - 1): taps accumulated left to right with fma; kernel 3 and 5 (OpenCV's small
+    symmetric row filter): ``fma(pair2, k, fma(centre, k, k * pair1))``. Columns: ``k[r] * centre``,
+    then ``fma(k[r + j], up_j + down_j, acc)`` for j = 1..r, except in the last ``Wp % 8`` padded
+    columns, where the product is rounded before the add.
+    """
+    k = cv2.getGaussianKernel(kernel, 0, ktype=cv2.CV_32F)[:, 0]
     r = kernel // 2
-    padded = np.pad(heatmap.astype(np.float64), r)
-    rows = np.stack([np.convolve(row, k, mode="valid") for row in padded])
-    return np.stack([np.convolve(col, k, mode="valid") for col in rows.T]).T
+    h, w = heatmap.shape
+    padded = np.pad(heatmap.astype(np.float32), r)  # (H + 2r, W + 2r)
+    wp = w + 2 * r
+
+    def full(v: np.float32, like: NDArray[np.float32]) -> NDArray[np.float32]:
+        return np.full_like(like, v)
+
+    cols = [padded[:, j : j + w] for j in range(kernel)]  # tap j of each kept column
+    if kernel <= 5:
+        centre = cols[r]
+        rows = fma32(centre, full(k[r], centre), (k[r + 1] * (cols[r - 1] + cols[r + 1])).astype(np.float32))
+        if kernel == 5:
+            rows = fma32(cols[4] + cols[0], full(k[4], centre), rows)
+    else:
+        rows = np.zeros_like(cols[0])
+        for j in range(kernel):
+            rows = fma32(full(k[j], rows), cols[j], rows)
+    rows = rows.astype(np.float32)  # (H + 2r, W): row-filtered, padding rows included (zeros)
+    out = (k[r] * rows[r : r + h]).astype(np.float32)
+    tail = np.arange(w) + r >= wp - wp % OPENCV_LANES  # padded-width tail: mul + add
+    for j in range(1, r + 1):
+        pair = (rows[r - j : r - j + h] + rows[r + j : r + j + h]).astype(np.float32)
+        fused = fma32(full(k[r + j], pair), pair, out)
+        unfused = (out + (k[r + j] * pair).astype(np.float32)).astype(np.float32)
+        out = np.where(tail[None, :], unfused, fused).astype(np.float32)
+    return out
 
 
-def _dark_offset(heatmap: NDArray[np.float32], px: int, py: int, kernel: int) -> tuple[float, float]:
-    blurred = blur_zero_padded(heatmap, kernel)
-    blurred *= float(heatmap.max()) / blurred.max()
-    lg = np.log(np.maximum(blurred, 1e-10))
-    dx = 0.5 * (lg[py, px + 1] - lg[py, px - 1])
-    dy = 0.5 * (lg[py + 1, px] - lg[py - 1, px])
-    dxx = 0.25 * (lg[py, px + 2] - 2 * lg[py, px] + lg[py, px - 2])
-    dyy = 0.25 * (lg[py + 2, px] - 2 * lg[py, px] + lg[py - 2, px])
-    dxy = 0.25 * (lg[py + 1, px + 1] - lg[py - 1, px + 1] - lg[py + 1, px - 1] + lg[py - 1, px - 1])
-    det = dxx * dyy - dxy * dxy
-    if abs(det) < 1e-12:
-        return 0.0, 0.0
-    return -(dyy * dx - dxy * dy) / det, -(dxx * dy - dxy * dx) / det
+def inverse_like_numpy(h: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``np.linalg.inv`` of a float32 (2, 2) matrix as numpy 2.x with its OpenBLAS returns it:
+    the partial-pivoting LU inverse computed in double, rounded to float32."""
+    return np.linalg.inv(h.astype(np.float64)).astype(np.float32)
+
+
+def _dark_offset(heatmap: NDArray[np.float32], px: int, py: int, kernel: int) -> NDArray[np.float32] | None:
+    """Upstream's float32 DARK step at integer peak (px, py): float32 (2,) offset, or None where
+    the float32 Hessian determinant is 0."""
+    f32 = np.float32
+    blurred = blur_like_opencv(heatmap, kernel)
+    blurred *= heatmap.max() / blurred.max()  # float32 scalar ratio, float32 products
+    lg = np.log(np.maximum(blurred, f32(1e-10)))  # numpy's own float32 log
+    dx = f32(0.5) * (lg[py, px + 1] - lg[py, px - 1])
+    dy = f32(0.5) * (lg[py + 1, px] - lg[py - 1, px])
+    dxx = f32(0.25) * (lg[py, px + 2] - f32(2) * lg[py, px] + lg[py, px - 2])
+    dxy = f32(0.25) * (lg[py + 1, px + 1] - lg[py - 1, px + 1] - lg[py + 1, px - 1] + lg[py - 1, px - 1])
+    dyy = f32(0.25) * (lg[py + 2, px] - f32(2) * lg[py, px] + lg[py - 2, px])
+    if dxx * dyy - dxy**2 == 0:  # float32 scalar power (libm powf) as upstream; NaN goes on
+        return None
+    inv = inverse_like_numpy(np.array([[dxx, dxy], [dxy, dyy]], dtype=np.float32))
+    derivative = np.array([dx, dy], dtype=np.float32)
+    return -(inv[:, 0] * derivative[0] + inv[:, 1] * derivative[1])  # float32 products, then sum
 
 
 def decode(
@@ -245,8 +289,7 @@ def decode(
     mode: str,
     kernel: int = 11,
 ) -> NDArray[np.float32]:
-    """(N, K, 3) (x, y, score) in image pixels; "dark" in float64 (a singular Hessian, |det| <
-    1e-12, means no offset), "quarter" / "none" exact."""
+    """(N, K, 3) (x, y, score) in image pixels, float32 as upstream ("dark": see _dark_offset)."""
     n, k, h, w = heatmaps.shape
     out = np.zeros((n, k, 3), dtype=np.float32)
     for i in range(n):
@@ -254,18 +297,76 @@ def decode(
             hm = heatmaps[i, j]
             idx = int(np.argmax(hm))
             score = hm.reshape(-1)[idx]
-            x, y = (float(idx % w), float(idx // w)) if score > 0 else (-1.0, -1.0)
-            px, py = int(x), int(y)
+            xy = np.array([idx % w, idx // w] if score > 0 else [-1, -1], dtype=np.float32)
+            px, py = int(xy[0]), int(xy[1])
             if mode == "dark" and 1 < px < w - 2 and 1 < py < h - 2:
-                ox, oy = _dark_offset(hm, px, py, kernel)
-                x, y = x + ox, y + oy
+                with np.errstate(all="ignore"):
+                    offset = _dark_offset(hm, px, py, kernel)
+                if offset is not None:
+                    xy += offset
             elif mode == "quarter" and 1 < px < w - 1 and 1 < py < h - 1:
-                x += 0.25 * float(np.sign(hm[py, px + 1] - hm[py, px - 1]))
-                y += 0.25 * float(np.sign(hm[py + 1, px] - hm[py - 1, px]))
+                xy[0] += np.float32(0.25) * np.sign(hm[py, px + 1] - hm[py, px - 1])
+                xy[1] += np.float32(0.25) * np.sign(hm[py + 1, px] - hm[py - 1, px])
             bw, bh = box_sizes[i]
-            out[i, j, 0] = np.float32(x) * (bw / np.float32(w)) + centers[i, 0] - bw * np.float32(0.5)
-            out[i, j, 1] = np.float32(y) * (bh / np.float32(h)) + centers[i, 1] - bh * np.float32(0.5)
+            out[i, j, 0] = xy[0] * (bw / np.float32(w)) + centers[i, 0] - bw * np.float32(0.5)
+            out[i, j, 1] = xy[1] * (bh / np.float32(h)) + centers[i, 1] - bh * np.float32(0.5)
             out[i, j, 2] = score
+    return out
+
+
+def numpy_log_model(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """numpy's float32 ``np.log`` on x86-64 with AVX2/FMA3 or AVX512F (its SIMD loop), for x > 0:
+    x = m * 2^e with m in (sqrt(1/2), sqrt(2)], log = fma(e, ln2, P(m - 1) / Q(m - 1)), P and Q
+    degree-5 Horner chains of fma. (libm's logf rounds differently on ~14% of inputs.)"""
+    f32 = np.float32
+    p = [
+        f32(v)
+        for v in (
+            0.0,
+            0.9999999999999998702752,
+            2.112677543073053063722,
+            1.480000633576506585156,
+            0.3808837741388407920751,
+            0.02589979117907922693523,
+        )
+    ]
+    q = [
+        f32(v)
+        for v in (
+            1.0,
+            2.612677543073109236779,
+            2.453006071784736363091,
+            0.9864942958519418960339,
+            0.1546476374983906719538,
+            0.005875095403124574342950,
+        )
+    ]
+    m, e = np.frexp(np.asarray(x, dtype=f32))  # m in [0.5, 1)
+    m, e = m.astype(f32), e.astype(f32)
+    low = m <= f32(0.707106781186547524400844362104849039)
+    m = np.where(low, m + m, m).astype(f32)
+    e = np.where(low, e - f32(1), e).astype(f32)
+    y = (m - f32(1)).astype(f32)
+    num, den = np.full_like(y, p[5]), np.full_like(y, q[5])
+    for i in range(4, -1, -1):
+        num = fma32(num, y, np.full_like(y, p[i]))
+        den = fma32(den, y, np.full_like(y, q[i]))
+    return fma32(e, np.full_like(y, f32(0.693147180559945309417232121458176568)), (num / den).astype(f32))
+
+
+def flat_heatmaps(rng: np.random.Generator, n: int, k: int, h: int = 64, w: int = 64) -> NDArray[np.float32]:
+    """Nearly flat maps like those of randomly initialised networks: a plateau (0.02-0.2), a wide
+    low bump (<= 0.01) and noise of 1e-5 to 3e-4, so the DARK Newton step is ill-conditioned and
+    amplifies any rounding difference (to whole pixels)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.zeros((n, k, h, w), dtype=np.float32)
+    for i in range(n):
+        for j in range(k):
+            cx, cy = rng.uniform(0.15 * w, 0.85 * w), rng.uniform(0.15 * h, 0.85 * h)
+            s = rng.uniform(6, 30)
+            bump = rng.uniform(0.0, 0.01) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+            noise = rng.normal(0.0, 10 ** rng.uniform(-5, -3.5), (h, w))
+            out[i, j] = (rng.uniform(0.02, 0.2) + bump + noise).astype(np.float32)
     return out
 
 
