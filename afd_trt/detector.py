@@ -150,6 +150,12 @@ class Detector:
         self.flip_test = bool(flip_test)
         self.box_scale_factor = float(box_scale_factor)
         self.backend = backend
+        # On the CPU every image runs on its own (detector batch 1 in upstream's layout, the
+        # landmark batch = that image's faces): convolution kernels, and so the last bits of
+        # their results, depend on batch size and memory layout, and boxes/landmarks then match
+        # upstream bit for bit. On a GPU, images are batched (results agree within tolerance).
+        self.batch_images = self.device.type != "cpu"
+        det_batch = 8 if self.batch_images else 1
 
         lm_cfg = _as_config(landmark_config, "hrnetv2")
         if not isinstance(lm_cfg, HRNetConfig):
@@ -179,12 +185,14 @@ class Detector:
             det_path = resolve_checkpoint(det_cfg.weights, face_detector_checkpoint, download=download)
             det_model = self._load_model(face_detector, det_path)
             if isinstance(det_cfg, YOLOv3Config):
-                self.face_detector = YOLOv3FaceDetector(det_cfg, engine("yolov3", det_model, det_cfg))
+                self.face_detector = YOLOv3FaceDetector(
+                    det_cfg, engine("yolov3", det_model, det_cfg), max_batch=det_batch
+                )
             else:
                 assert isinstance(det_cfg, FasterRCNNConfig)
                 stage1 = engine("faster-rcnn", det_model, det_cfg)
                 head = engine("faster-rcnn-box-head", det_model.get_submodule("roi_head.bbox_head"), det_cfg)
-                self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head)
+                self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head, max_batch=det_batch)
 
     @staticmethod
     def _load_model(name: str, path: Path) -> torch.nn.Module:
@@ -249,6 +257,8 @@ class Detector:
         return [expand_boxes(b, self.box_scale_factor) for b in raw]
 
     def _run(self, images: Sequence[np.ndarray], boxes: Sequence[Any], stacklevel: int) -> list[list[Face]]:
+        if not self.batch_images and len(images) > 1:
+            return [self._run([img], [b], stacklevel + 1)[0] for img, b in zip(images, boxes, strict=True)]
         all_boxes: list[np.ndarray | None] = [None] * len(images)
         need = []
         for i, (img, b) in enumerate(zip(images, boxes, strict=True)):

@@ -43,8 +43,15 @@ def group_by_shape(inputs: Sequence[DetInput], max_batch: int) -> list[list[int]
 
 
 def _stack(inputs: Sequence[DetInput], idx: Sequence[int]) -> torch.Tensor:
-    """float32 (B, 3, Hp, Wp) with channels-last strides (see ``DetInput.tensor``)."""
-    return torch.from_numpy(np.stack([inputs[i].tensor for i in idx])).permute(0, 3, 1, 2)
+    """float32 (B, 3, Hp, Wp), NCHW-contiguous.
+
+    With B == 1 this is the layout whose convolutions give upstream's exact numbers (upstream's
+    ``permute(2, 0, 1).unsqueeze(0)`` view takes the same kernels; a channels-last copy or a
+    batch of several images does not, and moves raw outputs by ~1e-4).
+    """
+    return torch.from_numpy(
+        np.ascontiguousarray(np.stack([inputs[i].tensor.transpose(2, 0, 1) for i in idx]))
+    )
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -52,33 +59,95 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 class YOLOv3FaceDetector:
-    """YOLOv3 (Darknet-53): raw head maps from the engine, fused decode + NMS in C++."""
+    """YOLOv3 (Darknet-53): raw head maps from the engine, box decoding in torch, NMS in C++.
+
+    The decode's sigmoids and exponentials run in torch on tensors laid out exactly as
+    upstream's (per image, levels flattened to (1, M, 6)): torch vectorises some of them
+    (SIMD exp differs from libm's by an ulp here and there), so this is the way to get
+    bit-identical boxes, which the landmark crops are sensitive to. Thresholds and NMS (the
+    C++ op, torchvision semantics) follow. ``ops.yolo_postprocess`` fuses it all in C++ when
+    last-ulp agreement with upstream is not needed.
+    """
 
     def __init__(self, cfg: YOLOv3Config, engine: Engine, max_batch: int = 8) -> None:
         self.cfg = cfg
         self.engine = engine
         self.max_batch = max_batch
-        self._base_sizes = np.asarray(cfg.base_sizes, dtype=np.float32)
+        self._anchor_cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def prepare(self, image: np.ndarray) -> DetInput:
         return prepare_detector_input(image, self.cfg.input)
 
-    def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]:
-        results: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
+    def _anchors(self, sizes: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchors float32 (M, 4) and strides float32 (M,) for feature map sizes (h, w) per level,
+        flattened in (y, x, anchor) order, level after level."""
+        cached = self._anchor_cache.get(sizes)
+        if cached is not None:
+            return cached
+        anchors, strides = [], []
+        for (h, w), stride, base_sizes in zip(sizes, self.cfg.strides, self.cfg.base_sizes, strict=True):
+            c = stride / 2.0
+            base = torch.tensor(
+                [[c - 0.5 * bw, c - 0.5 * bh, c + 0.5 * bw, c + 0.5 * bh] for bw, bh in base_sizes]
+            )
+            sx = torch.arange(w, dtype=torch.float32) * stride
+            sy = torch.arange(h, dtype=torch.float32) * stride
+            xx, yy = sx.repeat(h), sy.view(-1, 1).repeat(1, w).view(-1)
+            shifts = torch.stack([xx, yy, xx, yy], dim=-1)
+            anchors.append((base[None, :, :] + shifts[:, None, :]).view(-1, 4))
+            strides.append(torch.full((h * w * len(base_sizes),), float(stride)))
+        result = (torch.cat(anchors), torch.cat(strides))
+        self._anchor_cache[sizes] = result
+        return result
+
+    def _decode(self, maps: Sequence[torch.Tensor], scale_factor: np.ndarray) -> np.ndarray:
+        """One image's head maps, each float32 (1, A*6, h, w) -> float32 (K, 5) final boxes."""
         cfg = self.cfg
+        flat = []
+        for m in maps:
+            pred = m.permute(0, 2, 3, 1).reshape(1, -1, 5 + cfg.num_classes)
+            pred[..., :2].sigmoid_()
+            flat.append(pred)
+        preds = torch.cat(flat, dim=1)
+        anchors, strides = self._anchors(tuple((int(m.shape[2]), int(m.shape[3])) for m in maps))
+        deltas = preds[..., :4]
+        objectness = preds[..., 4].sigmoid()
+        cls_scores = preds[..., 5:].sigmoid()
+        centers = (anchors[..., :2] + anchors[..., 2:]) * 0.5 + (deltas[..., :2] - 0.5) * strides.unsqueeze(
+            -1
+        )
+        half = (anchors[..., 2:] - anchors[..., :2]) * 0.5 * deltas[..., 2:].exp()
+        boxes = torch.stack(
+            (
+                centers[..., 0] - half[..., 0],
+                centers[..., 1] - half[..., 1],
+                centers[..., 0] + half[..., 0],
+                centers[..., 1] + half[..., 1],
+            ),
+            dim=-1,
+        )
+        boxes /= torch.from_numpy(scale_factor).unsqueeze(0)
+        boxes, cls_scores, objectness = boxes[0], cls_scores[0, :, 0], objectness[0]
+        if cfg.conf_thr > 0:
+            keep = objectness >= cfg.conf_thr
+            boxes, cls_scores, objectness = boxes[keep], cls_scores[keep], objectness[keep]
+        valid = cls_scores > cfg.score_thr
+        boxes_np = np.ascontiguousarray(boxes[valid].numpy())
+        scores_np = np.ascontiguousarray((cls_scores * objectness)[valid].numpy())
+        if len(scores_np) == 0:
+            return np.zeros((0, 5), np.float32)
+        keep_idx = ops.nms(boxes_np, scores_np, cfg.nms_iou)[: cfg.max_per_img]
+        return np.concatenate([boxes_np[keep_idx], scores_np[keep_idx, None]], axis=1)
+
+    def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]:
+        if self.cfg.num_classes != 1:
+            raise ValueError(f"yolov3 config: only num_classes == 1 is supported, got {self.cfg.num_classes}")
+        results: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
         for idx in group_by_shape(inputs, self.max_batch):
-            maps = [_to_numpy(m) for m in self.engine(_stack(inputs, idx))]
-            for j, i in enumerate(idx):
-                results[i] = ops.yolo_postprocess(
-                    [np.ascontiguousarray(m[j]) for m in maps],
-                    cfg.strides,
-                    self._base_sizes,
-                    inputs[i].scale_factor,
-                    cfg.conf_thr,
-                    cfg.score_thr,
-                    cfg.nms_iou,
-                    cfg.max_per_img,
-                )
+            with torch.inference_mode():
+                maps = [m.detach().to("cpu", torch.float32) for m in self.engine(_stack(inputs, idx))]
+                for j, i in enumerate(idx):
+                    results[i] = self._decode([m[j : j + 1] for m in maps], inputs[i].scale_factor)
         return results
 
 
