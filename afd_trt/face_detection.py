@@ -151,81 +151,182 @@ class YOLOv3FaceDetector:
         return results
 
 
+def delta_to_boxes(
+    rois: torch.Tensor,
+    deltas: torch.Tensor,
+    means: Sequence[float],
+    stds: Sequence[float],
+    max_shape: tuple[int, int],
+    wh_ratio_clip: float = 16 / 1000,
+) -> torch.Tensor:
+    """Apply (dx, dy, dw, dh) deltas to boxes, clipped to ``max_shape`` = (h, w).
+
+    Args:
+        rois: float32 (N, 4) boxes ``(x1, y1, x2, y2)``.
+        deltas: float32 (N, 4) encoded offsets, denormalised by ``* stds + means``.
+
+    Returns:
+        float32 (N, 4). The op sequence is mmdet's DeltaXYWHBBoxCoder's, so torch takes the
+        same (partly vectorised) exp and the boxes match upstream bit for bit.
+    """
+    rois = rois.repeat(1, 1).reshape(-1, 4)
+    deltas = deltas.reshape(-1, 4)
+    denorm = deltas * deltas.new_tensor(stds).view(1, -1) + deltas.new_tensor(means).view(1, -1)
+    dxy, dwh = denorm[:, :2], denorm[:, 2:]
+    pxy = (rois[:, :2] + rois[:, 2:]) * 0.5
+    pwh = rois[:, 2:] - rois[:, :2]
+    dxy_wh = pwh * dxy
+    max_ratio = float(np.abs(np.log(wh_ratio_clip)))
+    dwh = dwh.clamp(min=-max_ratio, max=max_ratio)
+    gxy = pxy + dxy_wh
+    gwh = pwh * dwh.exp()
+    boxes = torch.cat([gxy - (gwh * 0.5), gxy + (gwh * 0.5)], dim=-1)
+    boxes[..., 0::2].clamp_(min=0, max=max_shape[1])
+    boxes[..., 1::2].clamp_(min=0, max=max_shape[0])
+    return boxes
+
+
 class FasterRCNNFaceDetector:
-    """Faster R-CNN (R50-FPN): stage 1 on the engine, proposals and RoIAlign in C++,
-    the box head on all images' RoIs at once, final decode + NMS in C++."""
+    """Faster R-CNN (R50-FPN): stage 1 on the engine; proposals (top-k, decode, batched NMS in
+    C++), RoIAlign (C++), the box head on the engine, final decode + NMS (C++).
+
+    As for YOLOv3, the sigmoids, softmax, exponentials and the top-k sort run in torch on
+    upstream's tensor layouts, which makes the results bit-identical to upstream's; thresholds,
+    NMS and RoIAlign are the C++ ops (``ops.rpn_proposals`` / ``ops.rcnn_postprocess`` fuse all of
+    it when last-ulp agreement is not needed).
+    """
 
     def __init__(self, cfg: FasterRCNNConfig, stage1: Engine, box_head: Engine, max_batch: int = 4) -> None:
+        if cfg.num_classes != 1:
+            raise ValueError(f"faster-rcnn config: only num_classes == 1 is supported, got {cfg.num_classes}")
         self.cfg = cfg
         self.stage1 = stage1
         self.box_head = box_head
         self.max_batch = max_batch
+        self._anchor_cache: dict[tuple[tuple[int, int], ...], list[torch.Tensor]] = {}
 
     def prepare(self, image: np.ndarray) -> DetInput:
         return prepare_detector_input(image, self.cfg.input)
 
-    def _proposals_and_rois(self, inputs: Sequence[DetInput]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _anchors(self, sizes: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
+        """Per level float32 (h*w*A, 4) anchors in (y, x, anchor) order (mmdet's AnchorGenerator)."""
+        cached = self._anchor_cache.get(sizes)
+        if cached is not None:
+            return cached
         cfg = self.cfg
-        n_feat = len(cfg.roi_featmap_strides)
-        n_lvl = len(cfg.anchor_strides)
-        proposals: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
-        roi_feats: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(inputs)
-        for idx in group_by_shape(inputs, self.max_batch):
-            outs = [_to_numpy(t) for t in self.stage1(_stack(inputs, idx))]
-            feats, cls, reg = outs[:n_feat], outs[n_feat : n_feat + n_lvl], outs[n_feat + n_lvl :]
-            for j, i in enumerate(idx):
-                props = ops.rpn_proposals(
-                    [np.ascontiguousarray(c[j]) for c in cls],
-                    [np.ascontiguousarray(r[j]) for r in reg],
-                    cfg.anchor_strides,
-                    cfg.anchor_ratios,
-                    cfg.anchor_scales,
-                    inputs[i].img_shape,
-                    cfg.rpn_nms_pre,
-                    cfg.rpn_nms_iou,
-                    cfg.rpn_max_per_img,
-                    cfg.rpn_min_bbox_size,
-                    cfg.rpn_target_means,
-                    cfg.rpn_target_stds,
-                )
-                proposals[i] = props
-                roi_feats[i] = ops.multilevel_roi_align(
-                    [np.ascontiguousarray(f[j]) for f in feats],
-                    np.ascontiguousarray(props[:, :4]),
-                    cfg.roi_featmap_strides,
-                    cfg.roi_finest_scale,
-                    cfg.roi_output_size,
-                    cfg.roi_sampling_ratio,
-                    cfg.roi_aligned,
-                )
-        return proposals, roi_feats
+        ratios, scales = torch.tensor(cfg.anchor_ratios), torch.tensor(cfg.anchor_scales)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1 / h_ratios
+        out = []
+        for (h, w), stride in zip(sizes, cfg.anchor_strides, strict=True):
+            ws = (stride * w_ratios[:, None] * scales[None, :]).view(-1)
+            hs = (stride * h_ratios[:, None] * scales[None, :]).view(-1)
+            base = torch.stack([0.0 - 0.5 * ws, 0.0 - 0.5 * hs, 0.0 + 0.5 * ws, 0.0 + 0.5 * hs], dim=-1)
+            sx = torch.arange(0, w).to(torch.float32) * stride
+            sy = torch.arange(0, h).to(torch.float32) * stride
+            xx, yy = sx.repeat(h), sy.view(-1, 1).repeat(1, w).view(-1)
+            shifts = torch.stack([xx, yy, xx, yy], dim=-1)
+            out.append((base[None, :, :] + shifts[:, None, :]).view(-1, 4))
+        self._anchor_cache[sizes] = out
+        return out
+
+    def _proposals(
+        self, cls: Sequence[torch.Tensor], reg: Sequence[torch.Tensor], img_shape: tuple[int, int]
+    ) -> np.ndarray:
+        """One image's RPN maps, (A, h, w) and (4A, h, w) per level -> float32 (K, 5) proposals."""
+        cfg = self.cfg
+        anchors = self._anchors(tuple((int(c.shape[1]), int(c.shape[2])) for c in cls))
+        scores_l, deltas_l, anchors_l, ids_l = [], [], [], []
+        for level, (c, r) in enumerate(zip(cls, reg, strict=True)):
+            scores = c.permute(1, 2, 0).reshape(-1).sigmoid()
+            deltas = r.permute(1, 2, 0).reshape(-1, 4)
+            lvl_anchors = anchors[level]
+            if 0 < cfg.rpn_nms_pre < scores.shape[0]:
+                ranked, order = scores.sort(descending=True)
+                top = order[: cfg.rpn_nms_pre]
+                scores = ranked[: cfg.rpn_nms_pre]
+                deltas, lvl_anchors = deltas[top, :], lvl_anchors[top, :]
+            scores_l.append(scores)
+            deltas_l.append(deltas)
+            anchors_l.append(lvl_anchors)
+            ids_l.append(torch.full((scores.size(0),), level, dtype=torch.long))
+        scores, ids = torch.cat(scores_l), torch.cat(ids_l)
+        boxes = delta_to_boxes(
+            torch.cat(anchors_l), torch.cat(deltas_l), cfg.rpn_target_means, cfg.rpn_target_stds, img_shape
+        )
+        if cfg.rpn_min_bbox_size >= 0:
+            w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+            valid = (w > cfg.rpn_min_bbox_size) & (h > cfg.rpn_min_bbox_size)
+            if not bool(valid.all()):
+                boxes, scores, ids = boxes[valid], scores[valid], ids[valid]
+        if boxes.numel() == 0:
+            return np.zeros((0, 5), np.float32)
+        b, sc = np.ascontiguousarray(boxes.numpy()), np.ascontiguousarray(scores.numpy())
+        keep = ops.nms(b, sc, cfg.rpn_nms_iou, idxs=np.ascontiguousarray(ids.numpy()))[: cfg.rpn_max_per_img]
+        return np.concatenate([b[keep], sc[keep, None]], axis=1)
+
+    def _final(
+        self, proposals: np.ndarray, cls_score: torch.Tensor, bbox_pred: torch.Tensor, inp: DetInput
+    ) -> np.ndarray:
+        """One image's box-head outputs -> float32 (K, 5) detections in original pixels."""
+        cfg = self.cfg
+        scores = torch.softmax(cls_score, dim=-1)
+        boxes = delta_to_boxes(
+            torch.from_numpy(proposals[:, :4]),
+            bbox_pred,
+            cfg.rcnn_target_means,
+            cfg.rcnn_target_stds,
+            inp.img_shape,
+        )
+        boxes = (boxes.view(boxes.size(0), -1, 4) / torch.from_numpy(inp.scale_factor)).view(
+            boxes.size(0), -1
+        )
+        face = scores[:, 0]
+        valid = face > cfg.score_thr
+        b = np.ascontiguousarray(boxes[valid].numpy())
+        sc = np.ascontiguousarray(face[valid].numpy())
+        if len(sc) == 0:
+            return np.zeros((0, 5), np.float32)
+        keep = ops.nms(b, sc, cfg.nms_iou)[: cfg.max_per_img]
+        return np.concatenate([b[keep], sc[keep, None]], axis=1)
 
     def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]:
         cfg = self.cfg
-        proposals, roi_feats = self._proposals_and_rois(inputs)
-        counts = [len(p) for p in proposals]
+        n_feat, n_lvl = len(cfg.roi_featmap_strides), len(cfg.anchor_strides)
         results: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
-        if sum(counts) == 0:
-            return results
-        cls_all, reg_all = (
-            _to_numpy(t)
-            for t in self.box_head(torch.from_numpy(np.concatenate([r for r in roi_feats if len(r)])))
-        )
-        start = 0
-        for i, n in enumerate(counts):
-            if n == 0:
-                continue
-            results[i] = ops.rcnn_postprocess(
-                np.ascontiguousarray(proposals[i][:, :4]),
-                np.ascontiguousarray(cls_all[start : start + n]),
-                np.ascontiguousarray(reg_all[start : start + n]),
-                inputs[i].img_shape,
-                inputs[i].scale_factor,
-                cfg.rcnn_target_means,
-                cfg.rcnn_target_stds,
-                cfg.score_thr,
-                cfg.nms_iou,
-                cfg.max_per_img,
-            )
-            start += n
+        proposals: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
+        roi_feats: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(inputs)
+        with torch.inference_mode():
+            for idx in group_by_shape(inputs, self.max_batch):
+                outs = [t.detach().to("cpu", torch.float32) for t in self.stage1(_stack(inputs, idx))]
+                feats, cls, reg = outs[:n_feat], outs[n_feat : n_feat + n_lvl], outs[n_feat + n_lvl :]
+                for j, i in enumerate(idx):
+                    props = self._proposals([c[j] for c in cls], [r[j] for r in reg], inputs[i].img_shape)
+                    proposals[i] = props
+                    roi_feats[i] = ops.multilevel_roi_align(
+                        [np.ascontiguousarray(f[j].numpy()) for f in feats],
+                        np.ascontiguousarray(props[:, :4]),
+                        cfg.roi_featmap_strides,
+                        cfg.roi_finest_scale,
+                        cfg.roi_output_size,
+                        cfg.roi_sampling_ratio,
+                        cfg.roi_aligned,
+                    )
+            counts = [len(p) for p in proposals]
+            if sum(counts) == 0:
+                return results
+            # On the CPU (max_batch 1) each image's RoIs go through the head on their own, as upstream.
+            for idx in group_by_shape(inputs, self.max_batch):
+                with_rois = [i for i in idx if counts[i]]
+                if not with_rois:
+                    continue
+                feats_all = torch.from_numpy(np.concatenate([roi_feats[i] for i in with_rois]))
+                cls_all, reg_all = (t.detach().to("cpu", torch.float32) for t in self.box_head(feats_all))
+                start = 0
+                for i in with_rois:
+                    n = counts[i]
+                    results[i] = self._final(
+                        proposals[i], cls_all[start : start + n], reg_all[start : start + n], inputs[i]
+                    )
+                    start += n
         return results
