@@ -261,8 +261,9 @@ def _calibrate_yolov3(model: YOLOv3, seed: int) -> None:
     _calibrate_bn(model, _to_tensor(images[:2], cfg.input.mean, cfg.input.std), model)
     batch = _to_tensor(images[2:], cfg.input.mean, cfg.input.std)  # held out: BN stats overfit theirs
     head = model.bbox_head
-    for level, pred in enumerate(head.convs_pred):
-        (feats,) = _capture_inputs(pred, lambda: model(batch))
+    necks = model.neck(model.backbone(batch))
+    for level, (bridge, pred) in enumerate(zip(head.convs_bridge, head.convs_pred, strict=True)):
+        feats = bridge(necks[level])
         weight, bias = _wb(pred)
         logits = _row_logits(weight, feats)
         for anchor, (aw, ah) in enumerate(cfg.base_sizes[level]):
