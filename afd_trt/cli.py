@@ -158,9 +158,23 @@ def _run_build(args: argparse.Namespace) -> int:
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    from .bench import add_bench_args
+
+    add_bench_args(p)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
 COMMANDS: dict[str, Command] = {
     "detect": ("detect faces and landmarks, write JSON Lines", _add_detect, _run_detect),
     "build": ("build TorchScript / ONNX / TensorRT engines into the engine cache", _add_build, _run_build),
+    "bench": ("time the pipeline, optionally side by side with upstream", _add_bench, _run_bench),
     "make-test-weights": (
         "write seeded random checkpoints in the released formats (they detect nothing real)",
         _add_make_test_weights,
