@@ -19,3 +19,6 @@ for line in open(sys.argv[1]):
     print(f"{rec['path']}: {rec.get('width')}x{rec.get('height')}, {len(rec.get('faces', []))} faces"
           " (seeded TEST weights: the boxes are not real faces)")
 PY
+# Timing of the whole pipeline on generated 1280x720 frames (same seeded test weights).
+.venv/bin/afd-trt bench --weights "$out/weights" --num-images 4 --device cpu --json "$out/bench.json" >/dev/null
+.venv/bin/python -c "import json; r=json.load(open('$out/bench.json')); print(f\"bench: {r['afd_trt']['images_per_s']:.2f} images/s, {r['faces']} faces on {r['images']} images of {r['size']} (CPU, seeded TEST weights)\")"
