@@ -180,9 +180,11 @@ def _weights(raw: Mapping[str, Any], source: str) -> WeightsSpec:
 
 def _input(raw: Mapping[str, Any], source: str) -> InputConfig:
     sec = _section(raw, "input", source)
-    g = lambda k: _get(sec, k, source, "input")  # noqa: E731
     return InputConfig(
-        img_scale=g("img_scale"), mean=g("mean"), std=g("std"), pad_divisor=int(sec.get("pad_divisor", 32))
+        img_scale=_get(sec, "img_scale", source, "input"),
+        mean=_get(sec, "mean", source, "input"),
+        std=_get(sec, "std", source, "input"),
+        pad_divisor=int(sec.get("pad_divisor", 32)),
     )
 
 
