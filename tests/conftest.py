@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,3 +30,19 @@ def _restore_rng_state() -> Iterator[None]:
     random.setstate(py_state)
     np.random.set_state(np_state)  # noqa: NPY002
     torch.set_rng_state(torch_state)
+
+
+_WEIGHTS: dict[int, dict[str, dict[str, Path]]] = {}
+
+
+@pytest.fixture(scope="session")
+def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], dict[str, dict[str, Path]]]:
+    """seed -> {model: {"pth"|"safetensors": path}} of afd_trt's seeded test checkpoints, written once per seed."""
+    from afd_trt.test_weights import write_test_weights
+
+    def get(seed: int) -> dict[str, dict[str, Path]]:
+        if seed not in _WEIGHTS:
+            _WEIGHTS[seed] = write_test_weights(tmp_path_factory.mktemp(f"weights_seed{seed}"), seed=seed)
+        return _WEIGHTS[seed]
+
+    return get

@@ -16,7 +16,6 @@ import pytest
 from images import synthetic, tadne_crop
 
 import afd_trt
-from afd_trt.test_weights import write_test_weights
 
 anime_face_detector = pytest.importorskip(
     "anime_face_detector",
@@ -38,10 +37,9 @@ def _report_worst() -> Iterator[None]:
 
 @pytest.fixture(scope="module", params=[0, 7], ids=lambda s: f"seed{s}")
 def weights(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, seeded_weights: Callable[[int], dict[str, dict[str, Path]]]
 ) -> dict[str, dict[str, Path]]:
-    out = tmp_path_factory.mktemp(f"weights_seed{request.param}")
-    return write_test_weights(out, seed=request.param)
+    return seeded_weights(request.param)
 
 
 def _oracle(weights: dict[str, dict[str, Path]], detector: str | None, flip: bool, factor: float) -> Any:

@@ -1,0 +1,235 @@
+"""Detector API behaviour: accepted image forms, clear errors, batches that lose nothing,
+custom configs (checked against upstream with the same hyperparameters), weight resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from images import tadne_crop
+
+import afd_trt
+from afd_trt.config import YOLOv3Config, load_config
+from afd_trt.weights import CheckpointUnavailableError
+
+Weights = dict[str, dict[str, Path]]
+
+
+@pytest.fixture(scope="module")
+def weights(seeded_weights: Callable[[int], Weights]) -> Weights:
+    return seeded_weights(0)
+
+
+@pytest.fixture(scope="module")
+def det(weights: Weights) -> afd_trt.Detector:
+    return afd_trt.Detector(
+        "yolov3", weights["yolov3"]["pth"], weights["hrnetv2"]["safetensors"], device="cpu", flip_test=False
+    )
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return tadne_crop(2048, 1536, 512, 512, (320, 320))
+
+
+def _same(a: list[dict[str, np.ndarray]], b: list[dict[str, np.ndarray]]) -> None:
+    assert len(a) == len(b)
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(fa["bbox"], fb["bbox"])
+        np.testing.assert_array_equal(fa["keypoints"], fb["keypoints"])
+
+
+def test_result_schema(det: afd_trt.Detector, image: np.ndarray) -> None:
+    faces = det(image)
+    assert faces, "the seeded weights are calibrated to find a few boxes on this crop"
+    for f in faces:
+        assert set(f) == {"bbox", "keypoints"}
+        assert f["bbox"].dtype == np.float32
+        assert f["bbox"].shape == (5,)
+        assert f["keypoints"].dtype == np.float32
+        assert f["keypoints"].shape == (28, 3)
+    scores = [float(f["bbox"][4]) for f in faces]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_path_and_array_inputs_agree(det: afd_trt.Detector, image: np.ndarray, tmp_path: Path) -> None:
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), image)
+    from_array = det(image)
+    _same(det(str(path)), from_array)
+    _same(det(path), from_array)
+    _same(det(np.asfortranarray(image)), from_array)  # non-contiguous memory is copied, not misread
+
+
+def test_gray_and_bgra_conversions(det: afd_trt.Detector, image: np.ndarray) -> None:
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    expected = det(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    _same(det(gray), expected)
+    _same(det(gray[:, :, None]), expected)
+    bgra = np.concatenate([image, np.full((*image.shape[:2], 1), 7, np.uint8)], axis=2)
+    _same(det(bgra), det(image))
+
+
+def test_flipped_view_is_read_correctly(det: afd_trt.Detector, image: np.ndarray) -> None:
+    view = image[:, ::-1]
+    _same(det(view), det(np.ascontiguousarray(view)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "exc", "match"),
+    [
+        (np.zeros((32, 32, 3), np.float32), TypeError, "dtype uint8"),
+        (np.zeros((32, 32, 3), np.uint16), TypeError, "dtype uint8"),
+        (np.zeros((32, 32, 2), np.uint8), ValueError, r"shape \(H, W, 3\)"),
+        (np.zeros((2, 32, 32, 3), np.uint8), ValueError, "shape"),
+        (np.zeros((0, 32, 3), np.uint8), ValueError, "empty image"),
+        ([[1, 2], [3, 4]], TypeError, "numpy array or a path"),
+        (12, TypeError, "numpy array or a path"),
+        ("/nonexistent/face.jpg", ValueError, "no such file"),
+    ],
+)
+def test_bad_images_raise_clear_errors(det: afd_trt.Detector, bad: object, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        det(bad)  # type: ignore[arg-type]
+
+
+def test_unreadable_files(det: afd_trt.Detector, tmp_path: Path, image: np.ndarray) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty file"):
+        det(empty)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="could not decode"):
+        det(text)
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    bomb = tmp_path / "bomb.png"
+    raw = bytearray(buf.tobytes())
+    raw[16:24] = (100_000).to_bytes(4, "big") + (100_000).to_bytes(4, "big")
+    bomb.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        det(bomb)
+
+
+@pytest.mark.parametrize(
+    ("boxes", "match"),
+    [
+        ([[0, 0, 10]], "4 or 5 values"),
+        ([[0, 0, float("nan"), 10]], "non-finite"),
+        ([[0, 0, 10, float("inf"), 1]], "non-finite"),
+        ([["a", 0, 10, 10]], "numbers"),
+    ],
+)
+def test_bad_user_boxes(
+    det: afd_trt.Detector, image: np.ndarray, boxes: list[list[object]], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        det(image, boxes=boxes)
+
+
+def test_detect_batch_keeps_good_results_when_items_fail(det: afd_trt.Detector, image: np.ndarray) -> None:
+    other = tadne_crop(0, 0, 512, 512, (256, 256))
+    items = [image, "/nonexistent.png", other, np.zeros((4, 4), np.float64)]
+    with pytest.raises(afd_trt.BatchError) as info:
+        det.detect_batch(items)
+    err = info.value
+    assert sorted(err.errors) == [1, 3]
+    assert err.results[1] is None
+    assert err.results[3] is None
+    _same(err.results[0] or [], det(image))
+    _same(err.results[2] or [], det(other))
+    assert "item 1" in str(err)
+    with pytest.raises(afd_trt.BatchError) as info2:
+        det.detect_batch([image, other], boxes=[None, [[0, 0, float("nan"), 5]]])
+    assert list(info2.value.errors) == [1]
+    _same(info2.value.results[0] or [], det(image))
+
+
+def test_detect_batch_equals_single_calls(det: afd_trt.Detector, image: np.ndarray) -> None:
+    imgs = [image, tadne_crop(0, 0, 700, 500), tadne_crop(1000, 2000, 333, 777)]
+    for got, img in zip(det.detect_batch(imgs), imgs, strict=True):
+        _same(got, det(img))
+    assert det.detect_batch([]) == []
+
+
+def test_constructor_errors(weights: Weights) -> None:
+    lm = weights["hrnetv2"]["pth"]
+    with pytest.raises(ValueError, match="face_detector must be one of"):
+        afd_trt.Detector("retinaface", None, lm, device="cpu")
+    with pytest.raises(ValueError, match="box_scale_factor"):
+        afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        afd_trt.Detector(None, None, lm, device="cpu", backend="tvm")
+    with pytest.raises(ValueError, match="describes a 'faster-rcnn' model"):
+        afd_trt.Detector(
+            "yolov3", weights["yolov3"]["pth"], lm, device="cpu", face_detector_config="faster-rcnn"
+        )
+    with pytest.raises(ValueError, match=r"does not match|[Mm]issing"):
+        afd_trt.Detector("yolov3", weights["faster-rcnn"]["pth"], lm, device="cpu")
+
+
+def test_missing_weights_offline_error_names_file_and_places(
+    weights: Weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFD_TRT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AFD_TRT_WEIGHTS", raising=False)
+    with pytest.raises(CheckpointUnavailableError, match=r"mmdet_anime-face_yolov3\.pth") as info:
+        afd_trt.Detector("yolov3", None, weights["hrnetv2"]["pth"], device="cpu", download=False)
+    assert "AFD_TRT_WEIGHTS" in str(info.value)
+    # The same files found through AFD_TRT_WEIGHTS work without any explicit path.
+    monkeypatch.setenv("AFD_TRT_WEIGHTS", str(weights["yolov3"]["pth"].parent))
+    d = afd_trt.create_detector("yolov3", device="cpu", download=False)
+    assert d.face_detector_name == "yolov3"
+
+
+@pytest.mark.oracle
+def test_custom_yolo_config_matches_upstream_with_same_settings(weights: Weights, image: np.ndarray) -> None:
+    """YOLO at 416 with score_thr 0.3: our config file vs upstream patched to the same values."""
+    anime_face_detector = pytest.importorskip("anime_face_detector")
+    base = load_config("yolov3")
+    assert isinstance(base, YOLOv3Config)
+    custom = dataclasses.replace(
+        base, input=dataclasses.replace(base.input, img_scale=(416, 416)), score_thr=0.3
+    )
+    img = tadne_crop(0, 512, 3072, 1728, (960, 540))
+    ref = anime_face_detector.LandmarkDetector(
+        weights["hrnetv2"]["pth"], "yolov3", weights["yolov3"]["pth"], device="cpu", flip_test=True
+    )
+    ref.face_detector.IMG_SCALE = (416, 416)
+    ref.face_detector.bbox_head.test_cfg = {**ref.face_detector.bbox_head.test_cfg, "score_thr": 0.3}
+    ours = afd_trt.Detector(
+        "yolov3",
+        weights["yolov3"]["pth"],
+        weights["hrnetv2"]["pth"],
+        device="cpu",
+        face_detector_config=custom,
+    )
+    got, exp = ours(img), ref(img)
+    assert len(got) == len(exp)
+    for a, b in zip(got, exp, strict=True):
+        assert np.abs(a["bbox"] - b["bbox"]).max() <= 1e-3
+        assert np.abs(a["keypoints"][:, :2] - b["keypoints"][:, :2]).max() <= 0.05
+    default = afd_trt.Detector("yolov3", weights["yolov3"]["pth"], weights["hrnetv2"]["pth"], device="cpu")
+    assert [f["bbox"].tolist() for f in default(img)] != [f["bbox"].tolist() for f in got]
+
+
+def test_custom_config_file(weights: Weights, tmp_path: Path, image: np.ndarray) -> None:
+    from afd_trt.config import _packaged_config_text
+
+    text = _packaged_config_text("yolov3")
+    cfg_file = tmp_path / "yolo416.toml"
+    cfg_file.write_text(text.replace("img_scale = [608, 608]", "img_scale = [416, 416]"))
+    cfg = load_config(cfg_file)
+    assert isinstance(cfg, YOLOv3Config)
+    assert cfg.input.img_scale == (416, 416)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[model]\ntype = 'yolov3'\n")
+    with pytest.raises(ValueError, match=r"missing \[(anchors|input)\] section"):
+        load_config(broken)
+    with pytest.raises(FileNotFoundError, match="neither one of"):
+        load_config(tmp_path / "nope.toml")
