@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-runtime}
-venv=${VENV:-.venv}
+venv=$(realpath -m "${VENV:-.venv}")
 py=${PYTHON:-python3}
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -24,4 +24,5 @@ if [ "$mode" = test ]; then
 else
   "${pip[@]}" install -q .
 fi
-"$venv/bin/python" -c "import afd_trt, afd_trt._C as C; print('afd_trt', afd_trt.__version__, 'native ops', C.__version__)"
+# From outside the checkout, so the installed package (with its compiled _C) is what imports.
+(cd / && "$venv/bin/python" -c "import afd_trt, afd_trt._C as C; print('afd_trt', afd_trt.__version__, 'native ops', C.__version__)")
