@@ -12,7 +12,7 @@ import torch
 from anime_face_detector._face import FasterRCNNFaceDetector, YOLOv3FaceDetector, load_face_detector
 from anime_face_detector._landmark import LandmarkModel, load_landmark_model
 from anime_face_detector._weights import load_state_dict_from_path
-from conftest import TADNE_GRID
+from paths import TADNE_GRID
 from safetensors import safe_open
 
 from afd_trt.models import MODEL_NAMES, build_model
