@@ -12,6 +12,16 @@
 #include <thread>
 #include <vector>
 
+// x86-64 builds use portable flags; hot loops that need FMA get a runtime-dispatched AVX2/FMA
+// clone (target_clones) chosen on CPUs that have it, with identical results on both paths.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define AFD_FMA_CLONE 1
+#define AFD_INLINE inline __attribute__((always_inline))
+#else
+#define AFD_FMA_CLONE 0
+#define AFD_INLINE inline
+#endif
+
 namespace afd {
 
 namespace py = pybind11;

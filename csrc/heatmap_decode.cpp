@@ -116,14 +116,6 @@ Peak argmax(const float* map, int64_t size) {
   return best;
 }
 
-// x86-64 builds use portable flags; the blur gets a runtime-dispatched AVX2/FMA clone.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define AFD_FMA_CLONE 1
-#define AFD_INLINE inline __attribute__((always_inline))
-#else
-#define AFD_FMA_CLONE 0
-#define AFD_INLINE inline
-#endif
 
 // OpenCV's float32 separable filter processes the padded image in 8-float vectors; the last
 // (padded width % 8) columns of the column pass are done 4-wide or scalar with mul + add, not fma.

@@ -31,14 +31,6 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-// x86-64 builds use portable flags; the float32 kernel gets a runtime-dispatched FMA clone.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define AFD_FMA_CLONE 1
-#define AFD_INLINE inline __attribute__((always_inline))
-#else
-#define AFD_FMA_CLONE 0
-#define AFD_INLINE inline
-#endif
 
 namespace py = pybind11;
 
