@@ -165,8 +165,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 else:
                     worst = {k: max(worst[k], v) for k, v in dev.items()}
     result: dict[str, Any] = {
-        "command": "afd-trt " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if sys.argv[1:2] == ["bench"]
+        "command": "afd-trt bench " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("bench") + 1 :])
+        if "bench" in sys.argv
         else None,
         "machine": {
             "cpu": platform.processor() or platform.machine(),
