@@ -30,11 +30,22 @@ __all__ = ["add_bench_args", "run_bench"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GRID = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "tadne_grid_3072.jpg"
+GRID_NAME = "tadne_grid_3072.jpg"
+
+
+def default_grid() -> Path:
+    """The shared demo grid: ``$AFD_TRT_SHARED_DATA/<grid>``, else ``../shared/data/<grid>`` from the
+    working directory (a checkout's sibling), else a path that does not exist (synthetic images)."""
+    import os
+
+    env = os.environ.get("AFD_TRT_SHARED_DATA")
+    return Path(env) / GRID_NAME if env else Path.cwd().parent / "shared" / "data" / GRID_NAME
 
 
 def _generated_images(n: int, size: tuple[int, int], seed: int, grid_path: Path) -> list[np.ndarray]:
-    """n BGR uint8 images of size (w, h): windows of the TADNE grid, or synthetic scenes."""
+    """n BGR uint8 images of size (w, h): windows of the TADNE grid, or synthetic line-art scenes."""
+    from .test_weights import synthetic_image
+
     rng = np.random.default_rng(seed)
     w, h = size
     grid = cv2.imread(str(grid_path), cv2.IMREAD_COLOR) if grid_path.is_file() else None
@@ -46,8 +57,7 @@ def _generated_images(n: int, size: tuple[int, int], seed: int, grid_path: Path)
             x, y = int(rng.integers(0, 3072 - cw + 1)), int(rng.integers(0, 3072 - ch + 1))
             out.append(cv2.resize(grid[y : y + ch, x : x + cw], (w, h), interpolation=cv2.INTER_AREA))
         else:
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            out.append(cv2.GaussianBlur(img, (0, 0), 9))
+            out.append(synthetic_image(h, w, seed=int(rng.integers(0, 2**31))))
     return out
 
 
@@ -79,6 +89,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None, help="directory of images (default: generated)")
     p.add_argument("--num-images", type=int, default=8, help="generated images (default 8)")
     p.add_argument("--size", default="1280x720", help="generated image size WxH (default 1280x720)")
+    p.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        help="image to cut generated frames from (default: shared demo grid)",
+    )
     p.add_argument("--weights", type=Path, default=None, help="directory with the three checkpoints")
     p.add_argument("--seed", type=int, default=0, help="test-weights and image seed")
     p.add_argument("--warmup", type=int, default=1)
@@ -116,7 +132,10 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         images = [load_image(p) for p in paths]
     else:
-        images = _generated_images(args.num_images, (w, h), args.seed, DEFAULT_GRID)
+        grid = args.grid if args.grid is not None else default_grid()
+        if not grid.is_file():
+            logger.warning("bench: %s not found, using synthetic images", grid)
+        images = _generated_images(args.num_images, (w, h), args.seed, grid)
     if not images:
         raise SystemExit("bench: no images")
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +184,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 else:
                     worst = {k: max(worst[k], v) for k, v in dev.items()}
     result: dict[str, Any] = {
-        "command": "afd-trt bench " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("bench") + 1 :])
+        "command": "afd-trt bench "
+        + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("bench") + 1 :])
         if "bench" in sys.argv
         else None,
         "machine": {
