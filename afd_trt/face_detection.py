@@ -1,4 +1,5 @@
-"""Face detectors: network forward through an engine, post-processing in the C++ ops.
+"""Face detectors: network forward through an engine; box decoding in torch on upstream's tensor
+layouts (bit-identical answers), thresholds, NMS and RoIAlign in the C++ ops.
 
 Each detector takes BGR uint8 images and returns, per image, float32 (K, 5) boxes
 ``[x1, y1, x2, y2, score]`` in original-image pixels, sorted by score, as upstream's
@@ -52,10 +53,6 @@ def _stack(inputs: Sequence[DetInput], idx: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(
         np.ascontiguousarray(np.stack([inputs[i].tensor.transpose(2, 0, 1) for i in idx]))
     )
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
 
 class YOLOv3FaceDetector:

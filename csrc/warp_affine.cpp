@@ -24,12 +24,8 @@
 
 #include "common.h"
 
-// The float32 sequence must round exactly where OpenCV's does: no silent contraction into FMA.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
+// No silent FMA contraction: CMakeLists.txt builds every op with -ffp-contract=off, and the
+// float32 sequences below must round exactly where the reference implementations do.
 
 
 namespace py = pybind11;
