@@ -1,0 +1,99 @@
+"""``afd-trt bench``: the report's schema and content on a tiny real run (against the upstream
+oracle), size parsing, and the FLOP counts checked against a hand count of the convolutions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from paths import TADNE_GRID
+
+from afd_trt import bench
+from afd_trt.cli import main
+from afd_trt.models import build_model
+
+Weights = dict[str, dict[str, Path]]
+
+
+def test_parse_sizes() -> None:
+    assert bench.parse_sizes("1280x720") == [(1280, 720)]
+    assert bench.parse_sizes("640X360,512x512") == [(640, 360), (512, 512)]
+    assert bench.parse_sizes("realistic") == [(1280, 720), (1920, 1080), (512, 512), (3072, 3072)]
+    with pytest.raises(ValueError, match="'12x'"):
+        bench.parse_sizes("12x")
+    with pytest.raises(ValueError, match="positive"):
+        bench.parse_sizes("0x5")
+
+
+def _conv_linear_gflop(name: str, shape: tuple[int, ...]) -> float:
+    """2 x multiply-adds of every Conv2d and Linear, counted with forward hooks on a real run."""
+    model = build_model(name).eval()
+    total = 0
+
+    def hook(m: torch.nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += 2 * out.numel() * (m.in_channels // m.groups) * kh * kw
+        elif isinstance(m, torch.nn.Linear):
+            total += 2 * out.numel() * m.in_features
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.zeros(shape))
+    return total / 1e9
+
+
+@pytest.mark.parametrize(("name", "shape"), [("hrnetv2", (1, 3, 256, 256)), ("yolov3", (1, 3, 160, 224))])
+def test_network_gflop_matches_a_hand_count(name: str, shape: tuple[int, ...]) -> None:
+    counted = bench.network_gflop(name, shape)
+    by_hand = _conv_linear_gflop(name, shape)
+    # FlopCounterMode also counts a few non-conv ops (upsampling, matmuls are convs here).
+    assert by_hand > 0
+    assert counted == pytest.approx(by_hand, rel=0.02)
+
+
+def test_yolov3_gflop_at_1280x720() -> None:
+    # The issue's floor: YOLOv3 on a 1280x720 image (input 608x352) is about 80 GFLOP.
+    assert bench.network_gflop("yolov3", (1, 3, 352, 608)) == pytest.approx(80.7, rel=0.01)
+
+
+def test_bench_against_upstream(seeded_weights: Callable[[int], Weights], tmp_path: Path) -> None:
+    w = seeded_weights(0)
+    wdir = w["yolov3"]["pth"].parent
+    out = tmp_path / "bench.json"
+    rc = main(
+        [
+            "bench", "--weights", str(wdir), "--num-images", "3", "--size", "320x192,256x256",
+            "--grid", str(TADNE_GRID), "--device", "cpu", "--compare-upstream", "--batch-size", "2",
+            "--warmup", "0", "--quiet", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 3
+    assert r["size"] == "256x256,320x192"
+    assert r["faces"] > 0
+    assert r["failed"] == []
+    assert r["outputs_identical"] is True
+    assert r["outputs_agree"] is True
+    assert r["speedup"] > 0
+    assert r["speedup_stream"] > 0
+    thr = r["throughput"]
+    assert thr["batch_size"] == 2
+    assert set(thr["stages"]) == {
+        "decode", "preprocess", "detector", "detector_post", "warp", "landmarks", "heatmap_decode",
+    }  # fmt: skip
+    assert thr["faces_per_s"] == pytest.approx(r["faces"] / thr["seconds"])
+    # Landmark GFLOP: faces x 2 (flip) x one crop's.
+    one = bench.network_gflop("hrnetv2", (1, 3, 256, 256))
+    assert thr["stages"]["landmarks"]["gflop"] == pytest.approx(r["faces"] * 2 * one)
+    assert thr["stages"]["detector"]["gflop"] > 0
+    assert r["latency"]["p50_ms"] > 0
+    assert r["upstream"]["p99_ms"] >= r["upstream"]["p50_ms"]
+    assert r["machine"]["torch"] == torch.__version__
