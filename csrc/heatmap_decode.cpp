@@ -406,7 +406,7 @@ py::array_t<float> decode_heatmaps(const py::handle& heatmaps_obj, const py::han
     afd::fail("box_sizes must have shape (", s.n, ", 2), got ", afd::shape_str(sizes));
   }
   if (refine == Refine::kDark && (blur_kernel < 3 || blur_kernel % 2 == 0 || blur_kernel > kMaxBlurKernel)) {
-    afd::fail("blur_kernel must be odd and in [3, ", kMaxBlurKernel, "] (upstream cannot pad by 0), got ",
+    afd::fail("blur_kernel must be odd and >= 3 (upstream cannot pad by 0) and <= ", kMaxBlurKernel, ", got ",
               blur_kernel);
   }
   if (threads < 0 || threads > kMaxThreads) {

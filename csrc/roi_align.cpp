@@ -201,7 +201,7 @@ FArray expect_rois(const py::object& obj) {
 
 void expect_pool_args(int64_t output_size, int64_t sampling_ratio) {
   if (output_size < 1 || output_size > kMaxOutputSize) {
-    afd::fail("output_size must be in [1, ", kMaxOutputSize, "], got ", output_size);
+    afd::fail("output_size must be >= 1 and <= ", kMaxOutputSize, ", got ", output_size);
   }
   if (sampling_ratio > kMaxSamplingRatio) {
     afd::fail("sampling_ratio must be <= ", kMaxSamplingRatio, " (<= 0: adaptive), got ", sampling_ratio);
