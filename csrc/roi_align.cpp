@@ -36,7 +36,7 @@ struct Sample {
 
 // Largest number of sample points one RoI may need; beyond that the caller gets a ValueError
 // instead of a multi-GB allocation (e.g. a huge RoI with sampling_ratio=0 on a fine map).
-constexpr int64_t kMaxSamplesPerRoi = int64_t{1} << 26;
+constexpr int64_t kMaxSamplesPerRoi = int64_t{1} << 20;  // 48 MiB of taps per worker; upstream RoIs need < 1e5
 // Bounds of the pooled size and of a fixed sampling ratio (upstream uses 7 and 0 or 2).
 constexpr int64_t kMaxOutputSize = 1024;
 constexpr int64_t kMaxSamplingRatio = 1024;
