@@ -24,7 +24,7 @@ def pairs_arg(g: Gen, k: int) -> object:
         return g.garbage()
     if r == 1:
         return g.array((None, 2), np.int64, lo=-1, hi=k)
-    hi = k - 1 if g.strict else k
+    hi = max(k - 1, 0) if g.strict else k
     return [(g.int(-1 if not g.strict and g.one_in(10) else 0, hi), g.int(0, hi)) for _ in range(g.int(0, 4))]
 
 
