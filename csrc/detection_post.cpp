@@ -130,6 +130,13 @@ py::array_t<float> yolo_postprocess(const py::object& pred_maps_obj, const std::
               afd::shape_str(base_sizes));
   }
   const int64_t num_anchors = base_sizes.shape(1);
+  for (py::ssize_t i = 0; i < base_sizes.size(); ++i) {
+    const float v = base_sizes.data()[i];
+    if (!(std::isfinite(v) && v > 0.0f)) {
+      afd::fail("base_sizes[", i / (2 * num_anchors), ", ", (i / 2) % num_anchors, ", ", i % 2,
+                "] must be finite and > 0, got ", v);
+    }
+  }
   for (size_t l = 0; l < levels; ++l) {
     const int64_t ch = maps[l].shape(0);
     if (ch % num_anchors != 0 || ch / num_anchors < 6) {

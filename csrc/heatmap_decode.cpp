@@ -328,6 +328,11 @@ bool dark_offset(const float* map, int64_t h, int64_t w, int64_t px, int64_t py,
 
 float sign_quarter(float diff) { return diff > 0.f ? 0.25f : (diff < 0.f ? -0.25f : 0.f); }
 
+// Bounds that keep a bad argument from allocating gigabytes or starting thousands of threads:
+// upstream's kernel is 11 (sigma 2); more than one thread per core buys nothing.
+constexpr int kMaxBlurKernel = 1023;
+constexpr int kMaxThreads = 256;
+
 struct HeatmapShape {
   int64_t n, k, h, w;
 };
@@ -400,8 +405,12 @@ py::array_t<float> decode_heatmaps(const py::handle& heatmaps_obj, const py::han
   if (sizes.ndim() != 2 || sizes.shape(0) != s.n || sizes.shape(1) != 2) {
     afd::fail("box_sizes must have shape (", s.n, ", 2), got ", afd::shape_str(sizes));
   }
-  if (refine == Refine::kDark && (blur_kernel < 3 || blur_kernel % 2 == 0)) {
-    afd::fail("blur_kernel must be odd and >= 3 (upstream cannot pad by 0), got ", blur_kernel);
+  if (refine == Refine::kDark && (blur_kernel < 3 || blur_kernel % 2 == 0 || blur_kernel > kMaxBlurKernel)) {
+    afd::fail("blur_kernel must be odd and >= 3 (upstream cannot pad by 0) and <= ", kMaxBlurKernel, ", got ",
+              blur_kernel);
+  }
+  if (threads < 0 || threads > kMaxThreads) {
+    afd::fail("threads must be in [0, ", kMaxThreads, "] (0: one per core), got ", threads);
   }
   std::optional<py::array_t<float, py::array::c_style>> flipped;
   std::vector<int64_t> src;

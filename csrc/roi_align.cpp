@@ -34,9 +34,18 @@ struct Sample {
   float w[4];
 };
 
+// Largest number of sample points one RoI may need; beyond that the caller gets a ValueError
+// instead of a multi-GB allocation (e.g. a huge RoI with sampling_ratio=0 on a fine map).
+constexpr int64_t kMaxSamplesPerRoi = int64_t{1} << 20;  // 48 MiB of taps per worker; upstream RoIs need < 1e5
+// Bounds of the pooled size and of a fixed sampling ratio (upstream uses 7 and 0 or 2).
+constexpr int64_t kMaxOutputSize = 1024;
+constexpr int64_t kMaxSamplingRatio = 1024;
+
 int64_t adaptive_grid(float roi_extent, int64_t pooled) {
   const float g = std::ceil(roi_extent / static_cast<float>(pooled));
-  return std::isnan(g) ? 0 : static_cast<int64_t>(std::max(g, -1.0f));  // <= 0 means no samples
+  if (std::isnan(g)) return 0;  // <= 0 means no samples
+  // Clamped before the conversion (a float beyond int64 is UB); anything this large is refused later.
+  return static_cast<int64_t>(std::clamp(g, -1.0f, static_cast<float>(kMaxSamplesPerRoi + 1)));
 }
 
 RoiPlan make_plan(const float* roi, const float* feature, int64_t height, int64_t width, float spatial_scale,
@@ -64,16 +73,19 @@ RoiPlan make_plan(const float* roi, const float* feature, int64_t height, int64_
   return p;
 }
 
-int64_t samples_per_roi(const RoiPlan& p, int64_t pooled) {
+// pooled^2 * grid_h * grid_w, in double so that it cannot overflow (the factors are bounded
+// by kMaxOutputSize, kMaxSamplingRatio and kMaxSamplesPerRoi + 1).
+double samples_per_roi(const RoiPlan& p, int64_t pooled) {
   if (p.grid_h <= 0 || p.grid_w <= 0) return 0;
-  return pooled * pooled * p.grid_h * p.grid_w;
+  return static_cast<double>(pooled) * static_cast<double>(pooled) * static_cast<double>(p.grid_h) *
+         static_cast<double>(p.grid_w);
 }
 
 // Bilinear taps of every sample point of the RoI, in (ph, pw, iy, ix) order. Out-of-range
 // points (y < -1, y > H, x < -1, x > W, or NaN) get zero weights; others are clamped at 0 and
 // at the last row / column like torchvision.
 void precompute_samples(const RoiPlan& p, int64_t pooled, std::vector<Sample>& out) {
-  out.resize(static_cast<size_t>(samples_per_roi(p, pooled)));
+  out.resize(static_cast<size_t>(samples_per_roi(p, pooled)));  // checked <= kMaxSamplesPerRoi
   size_t idx = 0;
   const float h = static_cast<float>(p.height), w = static_cast<float>(p.width);
   for (int64_t ph = 0; ph < pooled && p.grid_h > 0 && p.grid_w > 0; ++ph) {
@@ -136,15 +148,11 @@ void pool_plane(const float* plane, const RoiPlan& p, const std::vector<Sample>&
   }
 }
 
-// Largest number of sample points one RoI may need; beyond that the caller gets a ValueError
-// instead of a multi-GB allocation (e.g. a huge RoI with sampling_ratio=0 on a fine map).
-constexpr int64_t kMaxSamplesPerRoi = int64_t{1} << 26;
-
 // Pools every (roi, channel) pair; plans[k].feature == nullptr leaves zeros.
 py::array_t<float> run_plans(const std::vector<RoiPlan>& plans, int64_t channels, int64_t pooled) {
   const auto k = static_cast<py::ssize_t>(plans.size());
   for (size_t i = 0; i < plans.size(); ++i) {
-    if (samples_per_roi(plans[i], pooled) > kMaxSamplesPerRoi) {
+    if (samples_per_roi(plans[i], pooled) > static_cast<double>(kMaxSamplesPerRoi)) {
       afd::fail("rois[", i, "] needs ", plans[i].grid_h, " x ", plans[i].grid_w,
                 " samples per bin; pass a positive sampling_ratio or a smaller RoI");
     }
@@ -191,8 +199,13 @@ FArray expect_rois(const py::object& obj) {
   return rois;
 }
 
-void expect_pool_args(int64_t output_size) {
-  if (output_size < 1) afd::fail("output_size must be >= 1, got ", output_size);
+void expect_pool_args(int64_t output_size, int64_t sampling_ratio) {
+  if (output_size < 1 || output_size > kMaxOutputSize) {
+    afd::fail("output_size must be >= 1 and <= ", kMaxOutputSize, ", got ", output_size);
+  }
+  if (sampling_ratio > kMaxSamplingRatio) {
+    afd::fail("sampling_ratio must be <= ", kMaxSamplingRatio, " (<= 0: adaptive), got ", sampling_ratio);
+  }
 }
 
 py::array_t<float> roi_align(const py::object& feature_obj, const py::object& rois_obj, double spatial_scale,
@@ -203,7 +216,7 @@ py::array_t<float> roi_align(const py::object& feature_obj, const py::object& ro
   if (!(std::isfinite(spatial_scale) && spatial_scale > 0.0)) {
     afd::fail("spatial_scale must be finite and > 0, got ", spatial_scale);
   }
-  expect_pool_args(output_size);
+  expect_pool_args(output_size, sampling_ratio);
   if (feature.shape(1) < 1 || feature.shape(2) < 1) {
     afd::fail("feature must have a non-empty (H, W) plane, got shape ", afd::shape_str(feature));
   }
@@ -240,7 +253,7 @@ py::array_t<float> multilevel_roi_align(const py::object& feats_obj, const py::o
     afd::fail("finest_scale must be finite and > 0, got ", finest_scale);
   }
   auto rois = expect_rois(rois_obj);
-  expect_pool_args(output_size);
+  expect_pool_args(output_size, sampling_ratio);
 
   const int64_t k = rois.shape(0);
   const float finest = static_cast<float>(finest_scale);

@@ -200,10 +200,16 @@ struct WarpArgs {
   std::vector<std::array<double, 6>> inverses;
 };
 
+// Worker threads a caller may ask for (0: one per core); more would only cost thread start-ups.
+constexpr int kMaxThreads = 256;
+
 WarpArgs validate(const py::handle& image_obj, const py::handle& matrices_obj, int64_t out_w, int64_t out_h,
-                  const std::string& mode) {
+                  const std::string& mode, int threads) {
   WarpArgs a;
   a.mode = parse_mode(mode);
+  if (threads < 0 || threads > kMaxThreads) {
+    afd::fail("threads must be in [0, ", kMaxThreads, "] (0: one per core), got ", threads);
+  }
   a.image = afd::expect_array<uint8_t>(image_obj, "image");
   afd::expect_ndim(a.image, 3, "image");
   if (a.image.shape(2) != 3) {
@@ -245,7 +251,7 @@ WarpArgs validate(const py::handle& image_obj, const py::handle& matrices_obj, i
 py::array_t<float> warp_crops(const py::handle& image, const py::handle& matrices, int64_t out_w, int64_t out_h,
                               const py::handle& mean_obj, const py::handle& std_obj, const std::string& mode,
                               int threads) {
-  WarpArgs a = validate(image, matrices, out_w, out_h, mode);
+  WarpArgs a = validate(image, matrices, out_w, out_h, mode, threads);
   auto mean = afd::expect_array<float>(mean_obj, "mean");
   auto stdv = afd::expect_array<float>(std_obj, "std");
   if (mean.ndim() != 1 || mean.shape(0) != 3) afd::fail("mean must have shape (3,), got ", afd::shape_str(mean));
@@ -287,7 +293,7 @@ py::array_t<float> warp_crops(const py::handle& image, const py::handle& matrice
 
 py::array_t<uint8_t> warp_crops_u8(const py::handle& image, const py::handle& matrices, int64_t out_w, int64_t out_h,
                                    const std::string& mode, int threads) {
-  WarpArgs a = validate(image, matrices, out_w, out_h, mode);
+  WarpArgs a = validate(image, matrices, out_w, out_h, mode, threads);
   py::array_t<uint8_t> out({a.n, a.out_h, a.out_w, int64_t{3}});
   if (a.n == 0) return out;
   uint8_t* dst = out.mutable_data();

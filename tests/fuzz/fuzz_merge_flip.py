@@ -1,0 +1,42 @@
+"""atheris fuzz harness of ``ops.merge_flip``.
+
+Run: scripts/fuzz.sh (all ops), or ``python tests/fuzz/fuzz_merge_flip.py -max_total_time=20``. Python-level
+coverage only (no clang here to build the extension with libFuzzer's instrumentation).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+
+with atheris.instrument_imports(include=["afd_trt", "fuzz_common"]):
+    import numpy as np
+    from fuzz_common import Gen, call_op, dim
+
+    from afd_trt import ops
+
+
+def pairs_arg(g: Gen, k: int) -> object:
+    """flip_pairs: index pairs in [-1, K] (out of range sometimes), an int array, or garbage."""
+    r = g.int(0, 9)
+    if r == 0:
+        return g.garbage()
+    if r == 1:
+        return g.array((None, 2), np.int64, lo=-1, hi=k)
+    hi = max(k - 1, 0) if g.strict else k
+    return [(g.int(-1 if not g.strict and g.one_in(10) else 0, hi), g.int(0, hi)) for _ in range(g.int(0, 4))]
+
+
+def TestOneInput(data: bytes) -> None:
+    g = Gen(data)
+    hm = g.array((None, None, None, None), lo=-2.0, hi=2.0, max_elems=2048)
+    shape = hm.shape if isinstance(hm, np.ndarray) else (1, 1, 1, 1)
+    flipped = g.array(shape, lo=-2.0, hi=2.0, max_elems=2048)
+    pairs = pairs_arg(g, dim(hm, 1, 1))
+    call_op(lambda: ops.merge_flip(hm, flipped, pairs, g.bool()))
+
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
