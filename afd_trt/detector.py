@@ -8,6 +8,7 @@ Results are what upstream returns: per face ``{"bbox": float32 (5,) [x1, y1, x2,
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
-from .image import ImageInput, load_image
+from .image import ImageInput, load_image, max_pixels_limit
 from .landmarks import LandmarkEstimator
 from .models import build_model
 from .weights import load_checkpoint, resolve_checkpoint
@@ -85,21 +86,67 @@ def _as_config(cfg: str | Path | ModelConfig | None, default: str) -> ModelConfi
 
 
 def _user_boxes(boxes: Any, name: str) -> np.ndarray:
-    """User boxes (list of [x1, y1, x2, y2(, score)]) -> float32 (N, 4 or 5), validated."""
-    try:
-        arr = np.stack([np.asarray(b, dtype=np.float32).reshape(-1) for b in boxes]) if len(boxes) else None
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"{name}: each box must be [x1, y1, x2, y2] or [x1, y1, x2, y2, score] numbers: {e}"
-        ) from e
-    if arr is None:
+    """User boxes -> float32 (N, 4) or (N, 5) ``[x1, y1, x2, y2(, score)]``, validated.
+
+    ``boxes``: a sequence (or (N, 4|5) array) of boxes, each 4 or 5 numbers; an empty one gives
+    no faces. Coordinates must be finite; inverted (x2 < x1) and out-of-image boxes are used as
+    given, as upstream does; a box with zero width and height (below 1e-6 px, whose crop would be
+    singular) or one whose width or height overflows float32 is refused. Scores pass through.
+    Errors are ``ValueError`` naming ``name`` and the box index.
+    """
+    if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__len__"):
+        raise ValueError(f"{name}: expected a list or (N, 4|5) array of boxes, got {type(boxes).__name__}")
+    if len(boxes) == 0:
         return np.zeros((0, 5), np.float32)
-    if arr.shape[1] not in (4, 5):
-        raise ValueError(f"{name}: each box must have 4 or 5 values, got {arr.shape[1]}")
-    if not np.isfinite(arr[:, :4]).all():
-        bad = int(np.flatnonzero(~np.isfinite(arr[:, :4]).all(axis=1))[0])
-        raise ValueError(f"{name}: box {bad} has a non-finite coordinate: {arr[bad].tolist()}")
+    rows = []
+    for i, b in enumerate(boxes):
+        try:
+            row = np.asarray(b, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{name}: box {i} must be [x1, y1, x2, y2] or [x1, y1, x2, y2, score] numbers: {e}"
+            ) from e
+        if row.ndim == 0:
+            raise ValueError(
+                f"{name}: expected a list of boxes, got a flat list of numbers; wrap a single box: [[x1, y1, x2, y2]]"
+            )
+        if row.ndim != 1 or row.shape[0] not in (4, 5):
+            raise ValueError(f"{name}: box {i} must have 4 or 5 values, got shape {row.shape}")
+        rows.append(row)
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError(f"{name}: boxes mix 4 and 5 values; give all with or all without scores")
+    arr = np.stack(rows)
+    with np.errstate(over="ignore", invalid="ignore"):
+        size = np.abs(arr[:, 2:4] - arr[:, 0:2])
+    for i, r in enumerate(arr):
+        if not np.isfinite(r[:4]).all():
+            raise ValueError(f"{name}: box {i} has a non-finite coordinate: {r.tolist()}")
+        if not np.isfinite(size[i]).all():
+            raise ValueError(
+                f"{name}: box {i} is too large (its width or height overflows float32): {r.tolist()}"
+            )
+        if size[i].max() < 1e-6:
+            raise ValueError(f"{name}: box {i} has zero width and height: {r.tolist()}")
     return arr
+
+
+def _input_name(item: object, index: int | None) -> str:
+    """How errors name an input: ``image '<path>'`` or ``image <index>`` (``image`` alone)."""
+    if isinstance(item, (str, os.PathLike)):
+        return f"image {os.fspath(item)!r}"
+    return "image" if index is None else f"image {index}"
+
+
+def _named(e: Exception, name: str) -> Exception:
+    """``e``, or an exception of its type whose message starts with ``name`` (cause: ``e``)."""
+    if str(e).startswith(f"{name}:"):
+        return e
+    try:
+        new = type(e)(f"{name}: {e}")
+    except Exception:  # exception types with other constructors
+        new = ValueError(f"{name}: {e}")
+    new.__cause__ = e
+    return new
 
 
 class Detector:
@@ -122,6 +169,8 @@ class Detector:
         engine_cache: directory of built engines (default ``$AFD_TRT_CACHE/engines`` or
             ``~/.cache/afd_trt/engines``); see ``afd_trt.engine_cache``.
         precision: ``"fp32"``, or ``"fp16"`` on CUDA (torch, torchscript and tensorrt backends).
+        max_pixels: image files declaring more pixels are refused before decoding (default
+            ``$AFD_TRT_MAX_PIXELS`` or ``afd_trt.image.DEFAULT_MAX_PIXELS``, 400 Mpx).
     """
 
     def __init__(
@@ -141,7 +190,11 @@ class Detector:
         max_batch: int = 64,
         engine_cache: str | Path | None = None,
         precision: str = "fp32",
+        max_pixels: int | None = None,
     ) -> None:
+        if max_pixels is not None:
+            max_pixels_limit(max_pixels)  # validates
+        self.max_pixels = max_pixels
         if face_detector is not None and face_detector not in FACE_DETECTORS:
             raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
         if not np.isfinite(box_scale_factor) or box_scale_factor <= 0:
@@ -203,9 +256,15 @@ class Detector:
     # -- public API ------------------------------------------------------------------------
 
     def __call__(self, image: ImageInput, boxes: Sequence[Any] | np.ndarray | None = None) -> list[Face]:
-        """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring."""
-        img = load_image(image)
-        return self._run([img], [boxes], stacklevel=3)[0]
+        """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring.
+        Bad inputs raise ``TypeError`` / ``ValueError`` naming the image (docs/reliability.md)."""
+        name = _input_name(image, None)
+        img = load_image(image, max_pixels=self.max_pixels)
+        user = None if boxes is None else _user_boxes(boxes, f"boxes of {name}")
+        try:
+            return self._run([img], [user], stacklevel=3)[0]
+        except (TypeError, ValueError) as e:
+            raise _named(e, name) from e
 
     def detect_batch(
         self,
@@ -215,7 +274,15 @@ class Detector:
         """Faces and landmarks of several images: one detector forward per group of images whose
         padded inputs share a shape, one landmark forward for all their faces. Results equal
         per-image calls. An image that fails (unreadable, bad boxes) never loses the others'
-        results: a ``BatchError`` carries them and every failure."""
+        results: a ``BatchError`` carries them and every failure, each naming its image."""
+        if isinstance(images, (str, bytes, os.PathLike)) or (
+            isinstance(images, np.ndarray) and images.ndim != 4
+        ):
+            raise TypeError(
+                f"images: expected a list of images (or an (N, H, W, C) array), got {type(images).__name__}"
+                + (f" of shape {images.shape}" if isinstance(images, np.ndarray) else "")
+                + "; for one image call the detector itself"
+            )
         items = list(images)
         per_boxes: list[Any] = list(boxes) if boxes is not None else [None] * len(items)
         if len(per_boxes) != len(items):
@@ -223,11 +290,15 @@ class Detector:
         loaded: list[np.ndarray | None] = []
         errors: dict[int, Exception] = {}
         for i, item in enumerate(items):
+            img: np.ndarray | None = None
             try:
-                loaded.append(load_image(item))
+                img = load_image(item, max_pixels=self.max_pixels, name=f"image {i}")
+                if per_boxes[i] is not None:
+                    per_boxes[i] = _user_boxes(per_boxes[i], f"boxes of image {i}")
             except (TypeError, ValueError) as e:
                 errors[i] = e
-                loaded.append(None)
+                img = None
+            loaded.append(img)
         ok = [i for i in range(len(items)) if loaded[i] is not None]
         results: list[list[Face] | None] = [None] * len(items)
         if ok:
@@ -241,7 +312,7 @@ class Detector:
                     try:
                         results[i] = self._run([loaded[i]], [per_boxes[i]], stacklevel=3)[0]  # type: ignore[list-item]
                     except (TypeError, ValueError) as e:
-                        errors[i] = e
+                        errors[i] = _named(e, _input_name(items[i], i))
         if errors:
             raise BatchError(results, errors)
         return [r if r is not None else [] for r in results]
