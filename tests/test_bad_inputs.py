@@ -571,8 +571,9 @@ def test_box_list_forms(det: afd_trt.Detector, small: np.ndarray, good_a: np.nda
     scored = det(small, boxes=([2.0, 3.0, 30.0, 20.0, 0.25], np.array([2, 3, 30, 20, np.nan])))
     np.testing.assert_array_equal(scored[0]["bbox"], np.array([2, 3, 30, 20, 0.25], np.float32))
     assert np.isnan(scored[1]["bbox"][4])  # scores pass through untouched
-    for face in scored:
-        np.testing.assert_array_equal(face["keypoints"], as_list[0]["keypoints"])
+    np.testing.assert_array_equal(scored[0]["keypoints"], scored[1]["keypoints"])
+    # A landmark batch of two may round differently in the last bits from a batch of one.
+    np.testing.assert_allclose(scored[0]["keypoints"], as_list[0]["keypoints"], rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="got 1 box lists for 2 images"):
         det.detect_batch([small, small], boxes=[None])
 
