@@ -113,7 +113,9 @@ def _jpeg_size(f: BinaryIO) -> tuple[int, int] | None:
     f.seek(2)
     for _ in range(100_000):  # bounded: a crafted file cannot loop forever
         b = f.read(1)
-        while b == b"\xff":  # fill bytes before a marker
+        if b != b"\xff":  # every segment starts with a marker
+            return None
+        while b == b"\xff":  # fill bytes before the marker code
             b = f.read(1)
         if not b:
             return None
@@ -134,9 +136,6 @@ def _jpeg_size(f: BinaryIO) -> tuple[int, int] | None:
         if seg_len < 2:
             return None
         f.seek(seg_len - 2, os.SEEK_CUR)
-        nxt = f.read(1)  # every segment must be followed by a marker
-        if nxt != b"\xff":
-            return None
     return None
 
 

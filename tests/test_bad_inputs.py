@@ -56,9 +56,12 @@ def encoded(image: np.ndarray, ext: str) -> bytes:
     return bytes(buf.tobytes())
 
 
-def jpeg_with_size(image: np.ndarray, width: int, height: int) -> bytes:
-    """A real JPEG whose frame header (SOF0) is patched to declare ``width`` x ``height``."""
+def jpeg_with_size(image: np.ndarray, width: int, height: int, app_segments: int = 0) -> bytes:
+    """A real JPEG whose frame header (SOF0) is patched to declare ``width`` x ``height``, after
+    ``app_segments`` 60 kB APP1 segments (pushing the frame header past the first 64 KiB)."""
     raw = bytearray(encoded(image, ".jpg"))
+    app = b"\xff\xe1" + struct.pack(">H", 60_002) + b"\x00" * 60_000
+    raw[2:2] = app * app_segments
     sof = raw.index(b"\xff\xc0")
     raw[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(raw)
@@ -196,6 +199,12 @@ BAD: list[tuple[str, Maker, type[Exception], str]] = [
     (
         "bomb_jpeg",
         _file("bomb.jpg", lambda i: jpeg_with_size(i, 65_000, 65_000)),
+        ValueError,
+        "65000x65000 = 4225000000 pixels exceeds",
+    ),
+    (
+        "bomb_jpeg_after_120kB_of_app_segments",
+        _file("bomb_exif.jpg", lambda i: jpeg_with_size(i, 65_000, 65_000, app_segments=2)),
         ValueError,
         "65000x65000 = 4225000000 pixels exceeds",
     ),
