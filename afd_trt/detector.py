@@ -23,7 +23,7 @@ import torch
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
-from .image import ImageInput, load_image
+from .image import ImageInput, load_image, max_pixels_limit
 from .landmarks import LandmarkEstimator
 from .models import build_model
 from .preprocess import DetInput
@@ -129,21 +129,67 @@ def _as_config(cfg: str | Path | ModelConfig | None, default: str) -> ModelConfi
 
 
 def _user_boxes(boxes: Any, name: str) -> np.ndarray:
-    """User boxes (list of [x1, y1, x2, y2(, score)]) -> float32 (N, 4 or 5), validated."""
-    try:
-        arr = np.stack([np.asarray(b, dtype=np.float32).reshape(-1) for b in boxes]) if len(boxes) else None
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"{name}: each box must be [x1, y1, x2, y2] or [x1, y1, x2, y2, score] numbers: {e}"
-        ) from e
-    if arr is None:
+    """User boxes -> float32 (N, 4) or (N, 5) ``[x1, y1, x2, y2(, score)]``, validated.
+
+    ``boxes``: a sequence (or (N, 4|5) array) of boxes, each 4 or 5 numbers; an empty one gives
+    no faces. Coordinates must be finite; inverted (x2 < x1) and out-of-image boxes are used as
+    given, as upstream does; a box with zero width and height (below 1e-6 px, whose crop would be
+    singular) or one whose width or height overflows float32 is refused. Scores pass through.
+    Errors are ``ValueError`` naming ``name`` and the box index.
+    """
+    if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__len__"):
+        raise ValueError(f"{name}: expected a list or (N, 4|5) array of boxes, got {type(boxes).__name__}")
+    if len(boxes) == 0:
         return np.zeros((0, 5), np.float32)
-    if arr.shape[1] not in (4, 5):
-        raise ValueError(f"{name}: each box must have 4 or 5 values, got {arr.shape[1]}")
-    if not np.isfinite(arr[:, :4]).all():
-        bad = int(np.flatnonzero(~np.isfinite(arr[:, :4]).all(axis=1))[0])
-        raise ValueError(f"{name}: box {bad} has a non-finite coordinate: {arr[bad].tolist()}")
+    rows = []
+    for i, b in enumerate(boxes):
+        try:
+            row = np.asarray(b, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"{name}: box {i} must be [x1, y1, x2, y2] or [x1, y1, x2, y2, score] numbers: {e}"
+            ) from e
+        if row.ndim == 0:
+            raise ValueError(
+                f"{name}: expected a list of boxes, got a flat list of numbers; wrap a single box: [[x1, y1, x2, y2]]"
+            )
+        if row.ndim != 1 or row.shape[0] not in (4, 5):
+            raise ValueError(f"{name}: box {i} must have 4 or 5 values, got shape {row.shape}")
+        rows.append(row)
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError(f"{name}: boxes mix 4 and 5 values; give all with or all without scores")
+    arr = np.stack(rows)
+    with np.errstate(over="ignore", invalid="ignore"):
+        size = np.abs(arr[:, 2:4] - arr[:, 0:2])
+    for i, r in enumerate(arr):
+        if not np.isfinite(r[:4]).all():
+            raise ValueError(f"{name}: box {i} has a non-finite coordinate: {r.tolist()}")
+        if not np.isfinite(size[i]).all():
+            raise ValueError(
+                f"{name}: box {i} is too large (its width or height overflows float32): {r.tolist()}"
+            )
+        if size[i].max() < 1e-6:
+            raise ValueError(f"{name}: box {i} has zero width and height: {r.tolist()}")
     return arr
+
+
+def _input_name(item: object, index: int | None) -> str:
+    """How errors name an input: ``image '<path>'`` or ``image <index>`` (``image`` alone)."""
+    if isinstance(item, (str, os.PathLike)):
+        return f"image {os.fspath(item)!r}"
+    return "image" if index is None else f"image {index}"
+
+
+def _named(e: Exception, name: str) -> Exception:
+    """``e``, or an exception of its type whose message starts with ``name`` (cause: ``e``)."""
+    if str(e).startswith(f"{name}:"):
+        return e
+    try:
+        new = type(e)(f"{name}: {e}")
+    except Exception:  # exception types with other constructors
+        new = ValueError(f"{name}: {e}")
+    new.__cause__ = e
+    return new
 
 
 class Detector:
@@ -168,6 +214,8 @@ class Detector:
         precision: ``"fp32"`` (upstream's exact answers on the CPU), or opt-in ``"bf16"`` (torch
             and torchscript backends; on CPUs with AVX512-BF16/AMX) or ``"fp16"`` (CUDA: torch,
             torchscript and tensorrt), which deviate slightly from upstream.
+        max_pixels: image files declaring more pixels are refused before decoding (default
+            ``$AFD_TRT_MAX_PIXELS`` or ``afd_trt.image.DEFAULT_MAX_PIXELS``, 400 Mpx).
     """
 
     def __init__(
@@ -187,7 +235,11 @@ class Detector:
         max_batch: int = 64,
         engine_cache: str | Path | None = None,
         precision: str = "fp32",
+        max_pixels: int | None = None,
     ) -> None:
+        if max_pixels is not None:
+            max_pixels_limit(max_pixels)  # validates
+        self.max_pixels = max_pixels
         if face_detector is not None and face_detector not in FACE_DETECTORS:
             raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
         if not np.isfinite(box_scale_factor) or box_scale_factor <= 0:
@@ -258,9 +310,15 @@ class Detector:
     # -- public API ------------------------------------------------------------------------
 
     def __call__(self, image: ImageInput, boxes: Sequence[Any] | np.ndarray | None = None) -> list[Face]:
-        """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring."""
-        img = self._load(image)
-        return self._run([img], [boxes], stacklevel=3)[0]
+        """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring.
+        Bad inputs raise ``TypeError`` / ``ValueError`` naming the image (docs/reliability.md)."""
+        name = _input_name(image, None)
+        img = self._load(image, "image")
+        user = None if boxes is None else _user_boxes(boxes, f"boxes of {name}")
+        try:
+            return self._run([img], [user], stacklevel=3)[0]
+        except (TypeError, ValueError) as e:
+            raise _named(e, name) from e
 
     def detect_batch(
         self,
@@ -271,7 +329,15 @@ class Detector:
     ) -> list[list[Face]]:
         """Faces and landmarks of several images (see :meth:`stream`); results equal per-image
         calls. An image that fails (unreadable, bad boxes, ...) never loses the others' results:
-        a ``BatchError`` carries them and every failure."""
+        a ``BatchError`` carries them and every failure, each naming its image."""
+        if isinstance(images, (str, bytes, os.PathLike)) or (
+            isinstance(images, np.ndarray) and images.ndim != 4
+        ):
+            raise TypeError(
+                f"images: expected a list of images (or an (N, H, W, C) array), got {type(images).__name__}"
+                + (f" of shape {images.shape}" if isinstance(images, np.ndarray) else "")
+                + "; for one image call the detector itself"
+            )
         items = list(images)
         if boxes is not None and len(boxes) != len(items):
             raise ValueError(f"boxes: got {len(boxes)} box lists for {len(items)} images")
@@ -327,7 +393,7 @@ class Detector:
         box_iter = iter(boxes) if boxes is not None else None
         inputs = iter(images)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="afd_trt-decode") if workers else None
-        pending: collections.deque[tuple[int, str | None, Any, Future[Any]]] = collections.deque()
+        pending: collections.deque[tuple[int, str | None, Future[Any]]] = collections.deque()
         depth = 2 * n + workers
 
         def submit(index: int, item: ImageInput) -> None:
@@ -339,14 +405,14 @@ class Detector:
                     raise ValueError(f"boxes: the box lists ran out at image {index}") from None
             job: Future[Any]
             if pool is not None:
-                job = pool.submit(self._decode_job, item, b is None)
+                job = pool.submit(self._decode_job, item, index, b)
             else:  # decode here, now; a failure is kept for this input's result
                 job = Future()
                 try:
-                    job.set_result(self._decode_job(item, b is None))
+                    job.set_result(self._decode_job(item, index, b))
                 except Exception as e:
                     job.set_exception(e)
-            pending.append((index, _source(item), b, job))
+            pending.append((index, _source(item), job))
 
         try:
             index = 0
@@ -370,28 +436,32 @@ class Detector:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    def _load(self, image: ImageInput) -> np.ndarray:
+    def _load(self, image: ImageInput, name: str) -> np.ndarray:
         with self.timings.stage("decode", sync=False):
-            return load_image(image)
+            return load_image(image, max_pixels=self.max_pixels, name=name)
 
-    def _decode_job(self, item: ImageInput, detect: bool) -> tuple[np.ndarray, DetInput | None]:
-        """Worker-thread part of the stream: decode, and prepare the detector input."""
-        img = self._load(item)
-        if detect and self.face_detector is not None:
+    def _decode_job(
+        self, item: ImageInput, index: int, boxes: Any
+    ) -> tuple[np.ndarray, DetInput | None, np.ndarray | None]:
+        """Worker-thread part of the stream: decode, validate user boxes, and prepare the
+        detector input (when boxes are to be detected)."""
+        img = self._load(item, f"image {index}")
+        if boxes is not None:
+            return img, None, _user_boxes(boxes, f"boxes of image {index}")
+        if self.face_detector is not None:
             with self.timings.stage("preprocess", sync=False):
-                return img, self.face_detector.prepare(img)
-        return img, None
+                return img, self.face_detector.prepare(img), None
+        return img, None, None
 
-    def _run_stream_batch(
-        self, batch: list[tuple[int, str | None, Any, Future[Any]]]
-    ) -> Iterator[StreamResult]:
-        loaded: list[tuple[int, str | None, Any, np.ndarray, DetInput | None]] = []
+    def _run_stream_batch(self, batch: list[tuple[int, str | None, Future[Any]]]) -> Iterator[StreamResult]:
+        loaded: list[tuple[int, str | None, np.ndarray | None, np.ndarray, DetInput | None]] = []
         failed: dict[int, StreamResult] = {}
-        for index, source, b, job in batch:
+        for index, source, job in batch:
             try:
-                img, prep = job.result()
+                img, prep, b = job.result()
                 loaded.append((index, source, b, img, prep))
             except Exception as e:  # any failure is this input's, reported as its result
+                logger.warning("%s", e)
                 failed[index] = StreamResult(index, source, error=e)
         done: dict[int, list[Face]] = {}
         errors: dict[int, Exception] = {}
@@ -409,9 +479,8 @@ class Detector:
                     try:
                         done[index] = self._run([img], [b], stacklevel=4, prepared=[prep])[0]
                     except Exception as e:
-                        name = source if source is not None else f"image {index}"
-                        logger.warning("%s: %s", name, e)
-                        errors[index] = e
+                        errors[index] = _named(e, _input_name(source, index))
+                        logger.warning("%s", errors[index])
         shapes = {x[0]: x[3].shape[:2] for x in loaded}
         for index, source, *_ in batch:
             if index in failed:

@@ -233,6 +233,15 @@ def _size_pair(out_size: tuple[int, int]) -> tuple[int, int]:
     return int(w), int(h)
 
 
+def _float32_values(values: Sequence[float] | NDArray[np.float32], name: str) -> NDArray[np.float32]:
+    """``values`` as float32, refusing numbers float32 cannot hold (which numpy would turn into
+    inf with only a warning)."""
+    arr = np.asarray(values, dtype=np.float64) if not isinstance(values, np.ndarray) else values
+    if arr.dtype.kind == "f" and np.isfinite(arr).all() and (np.abs(arr) > np.finfo(np.float32).max).any():
+        raise ValueError(f"{name}: values beyond float32's range: {np.asarray(values).tolist()}")
+    return np.asarray(arr, dtype=np.float32)
+
+
 def warp_crops(
     image: NDArray[np.uint8],
     matrices: NDArray[np.float64],
@@ -271,8 +280,7 @@ def warp_crops(
         float32 (N, 3, h, w), channels R, G, B.
     """
     w, h = _size_pair(out_size)
-    mean32 = np.asarray(mean, dtype=np.float32)
-    std32 = np.asarray(std, dtype=np.float32)
+    mean32, std32 = _float32_values(mean, "mean"), _float32_values(std, "std")
     return _C.warp_crops(image, matrices, w, h, mean32, std32, mode, threads)
 
 
