@@ -6,8 +6,10 @@ Subcommands are registered in a plain dict; each has its own argument builder an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -55,8 +57,9 @@ Resumable: a re-run with the same output skips the inputs (path, frame) already 
 (failed ones too, unless --retry-errors); a killed run leaves a valid file. --format coco keeps
 the JSON Lines journal at OUTPUT.jsonl and (re)writes the COCO file OUTPUT atomically at the end.
 
-exit status: 0 all inputs processed, 1 some input failed (now or recorded earlier) or the run
-was interrupted, 2 bad arguments or models that cannot be loaded.
+exit status: 0 all inputs processed, 1 some input failed (now or recorded earlier) or writing
+failed, 2 bad arguments or models that cannot be loaded, 130 interrupted (Ctrl-C, SIGTERM: the
+journal stays valid; run again to finish).
 """
 
 
@@ -104,8 +107,10 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         default=1.1,
         help="detected boxes are enlarged by this (default 1.1)",
     )
-    g.add_argument("--batch-size", type=int, default=8, help="images per detector batch (default 8)")
-    g.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    g.add_argument(
+        "--batch-size", type=_positive_int, default=8, help="images per detector batch (default 8)"
+    )
+    g.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads (default 2)")
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
@@ -280,6 +285,12 @@ def _run_detect(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         logger.error("cannot load the models: %s", e)
         return 2
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not in the main thread: keep the default
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = run_detect_job(det, opts)
     except (OSError, RuntimeError) as e:

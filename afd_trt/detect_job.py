@@ -526,9 +526,10 @@ def run_detect_job(det: Any, opts: DetectOptions) -> Summary:
             else:
                 yield item.image if item.image is not None else item.path
 
+    results = _stream(det, feed(), opts.batch_size, opts.workers)
     try:
         with redirect:
-            for res in _stream(det, feed(), opts.batch_size, opts.workers):
+            for res in results:
                 item = pending.pop(res.index)
                 rec, n_faces = _process(opts, item, res)
                 journal.append(rec)
@@ -544,6 +545,9 @@ def run_detect_job(det: Any, opts: DetectOptions) -> Summary:
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stop the stream's read-ahead and workers
         if bar is not None:
             bar.close()
         journal.close()
