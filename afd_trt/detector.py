@@ -7,9 +7,13 @@ Results are what upstream returns: per face ``{"bbox": float32 (5,) [x1, y1, x2,
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +26,19 @@ from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDete
 from .image import ImageInput, load_image
 from .landmarks import LandmarkEstimator
 from .models import build_model
+from .preprocess import DetInput
+from .timing import StageTimes
 from .weights import load_checkpoint, resolve_checkpoint
 
-__all__ = ["BatchError", "Detector", "Face", "create_detector", "expand_boxes", "resolve_device"]
+__all__ = [
+    "BatchError",
+    "Detector",
+    "Face",
+    "StreamResult",
+    "create_detector",
+    "expand_boxes",
+    "resolve_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +56,36 @@ class BatchError(RuntimeError):
         super().__init__(f"{len(errors)} of {len(results)} images failed: {lines}{more}")
         self.results = results
         self.errors = errors
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One input's outcome in :meth:`Detector.stream`.
+
+    ``faces`` when it succeeded, ``error`` (the exception, whose message names the input) when
+    it did not; ``height``/``width`` once the image was decoded.
+    """
+
+    index: int  # position in the input iterable
+    source: str | None  # the path as given, None for arrays
+    faces: list[Face] | None = None
+    error: Exception | None = None
+    height: int | None = None
+    width: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _source(item: object) -> str | None:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -121,7 +165,9 @@ class Detector:
         max_batch: largest landmark batch (faces, before flip doubling) per network call.
         engine_cache: directory of built engines (default ``$AFD_TRT_CACHE/engines`` or
             ``~/.cache/afd_trt/engines``); see ``afd_trt.engine_cache``.
-        precision: ``"fp32"``, or ``"fp16"`` on CUDA (torch, torchscript and tensorrt backends).
+        precision: ``"fp32"`` (upstream's exact answers on the CPU), or opt-in ``"bf16"`` (torch
+            and torchscript backends; on CPUs with AVX512-BF16/AMX) or ``"fp16"`` (CUDA: torch,
+            torchscript and tensorrt), which deviate slightly from upstream.
     """
 
     def __init__(
@@ -194,6 +240,15 @@ class Detector:
                 head = engine("faster-rcnn-box-head", det_model.get_submodule("roi_head.bbox_head"), det_cfg)
                 self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head, max_batch=det_batch)
 
+        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else None
+        self.timings = StageTimes(sync)
+        """Per-stage wall time; set ``timings.enabled = True`` to profile (see ``afd_trt.timing``)."""
+        self.landmarks.timer = self.timings
+        if self.face_detector is not None:
+            self.face_detector.timer = self.timings
+        self.oom_splits = 0
+        """How many times a batch was split in two after CUDA ran out of memory."""
+
     @staticmethod
     def _load_model(name: str, path: Path) -> torch.nn.Module:
         model = build_model(name)
@@ -204,61 +259,222 @@ class Detector:
 
     def __call__(self, image: ImageInput, boxes: Sequence[Any] | np.ndarray | None = None) -> list[Face]:
         """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring."""
-        img = load_image(image)
+        img = self._load(image)
         return self._run([img], [boxes], stacklevel=3)[0]
 
     def detect_batch(
         self,
         images: Iterable[ImageInput],
         boxes: Sequence[Sequence[Any] | np.ndarray | None] | None = None,
+        *,
+        batch_size: int | None = None,
     ) -> list[list[Face]]:
-        """Faces and landmarks of several images: one detector forward per group of images whose
-        padded inputs share a shape, one landmark forward for all their faces. Results equal
-        per-image calls. An image that fails (unreadable, bad boxes) never loses the others'
-        results: a ``BatchError`` carries them and every failure."""
+        """Faces and landmarks of several images (see :meth:`stream`); results equal per-image
+        calls. An image that fails (unreadable, bad boxes, ...) never loses the others' results:
+        a ``BatchError`` carries them and every failure."""
         items = list(images)
-        per_boxes: list[Any] = list(boxes) if boxes is not None else [None] * len(items)
-        if len(per_boxes) != len(items):
-            raise ValueError(f"boxes: got {len(per_boxes)} box lists for {len(items)} images")
-        loaded: list[np.ndarray | None] = []
-        errors: dict[int, Exception] = {}
-        for i, item in enumerate(items):
-            try:
-                loaded.append(load_image(item))
-            except (TypeError, ValueError) as e:
-                errors[i] = e
-                loaded.append(None)
-        ok = [i for i in range(len(items)) if loaded[i] is not None]
+        if boxes is not None and len(boxes) != len(items):
+            raise ValueError(f"boxes: got {len(boxes)} box lists for {len(items)} images")
         results: list[list[Face] | None] = [None] * len(items)
-        if ok:
-            try:
-                done = self._run([loaded[i] for i in ok], [per_boxes[i] for i in ok], stacklevel=3)  # type: ignore[misc]
-                for i, r in zip(ok, done, strict=True):
-                    results[i] = r
-            except (TypeError, ValueError):
-                # Find the culprit(s) one by one rather than lose the whole batch.
-                for i in ok:
-                    try:
-                        results[i] = self._run([loaded[i]], [per_boxes[i]], stacklevel=3)[0]  # type: ignore[list-item]
-                    except (TypeError, ValueError) as e:
-                        errors[i] = e
+        errors: dict[int, Exception] = {}
+        n = batch_size if batch_size is not None else max(1, min(len(items), self.default_batch_size))
+        for r in self.stream(items, boxes=boxes, batch_size=n):
+            if r.error is not None:
+                errors[r.index] = r.error
+            else:
+                results[r.index] = r.faces
         if errors:
             raise BatchError(results, errors)
         return [r if r is not None else [] for r in results]
 
+    @property
+    def default_batch_size(self) -> int:
+        """Images per pipeline batch when none is given: 16 on a GPU; 4 on the CPU, where images
+        run one by one anyway and the batch only sets how far decoding reads ahead."""
+        return 16 if self.batch_images else 4
+
+    def stream(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        boxes: Iterable[Sequence[Any] | np.ndarray | None] | None = None,
+        batch_size: int | None = None,
+        workers: int = 2,
+    ) -> Iterator[StreamResult]:
+        """Faces and landmarks of a (possibly endless) stream of images, in input order.
+
+        Worker threads decode and preprocess the next images while the networks run (OpenCV
+        and the C++ ops release the GIL); ``images`` is consumed lazily and at most
+        ``2 * batch_size + workers`` inputs are held at once, so memory stays flat however long
+        the stream. Each batch of ``batch_size`` decoded images goes through the detector in
+        groups of equal padded shape and through HRNet as one batch of all their faces (on the
+        CPU image by image, for upstream's exact numbers; see ``batch_images``).
+
+        Never raises for a bad input: its result carries the ``error`` (the others are kept).
+        On CUDA out-of-memory the batch is split in two and retried (``oom_splits`` counts it).
+
+        Args:
+            images: paths or BGR uint8 (H, W, 3) arrays (see ``afd_trt.image.load_image``).
+            boxes: optional, one box list (or None: detect) per image, consumed in step.
+            batch_size: images per batch (default :attr:`default_batch_size`).
+            workers: decoding threads (0: decode in the calling thread).
+        """
+        n = self.default_batch_size if batch_size is None else int(batch_size)
+        if n < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers!r}")
+        box_iter = iter(boxes) if boxes is not None else None
+        inputs = iter(images)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="afd_trt-decode") if workers else None
+        pending: collections.deque[tuple[int, str | None, Any, Future[Any]]] = collections.deque()
+        depth = 2 * n + workers
+
+        def submit(index: int, item: ImageInput) -> None:
+            b = None
+            if box_iter is not None:
+                try:
+                    b = next(box_iter)
+                except StopIteration:
+                    raise ValueError(f"boxes: the box lists ran out at image {index}") from None
+            job: Future[Any]
+            if pool is not None:
+                job = pool.submit(self._decode_job, item, b is None)
+            else:  # decode here, now; a failure is kept for this input's result
+                job = Future()
+                try:
+                    job.set_result(self._decode_job(item, b is None))
+                except Exception as e:
+                    job.set_exception(e)
+            pending.append((index, _source(item), b, job))
+
+        try:
+            index = 0
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < depth:
+                    try:
+                        item = next(inputs)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    submit(index, item)
+                    index += 1
+                if not pending:
+                    return
+                batch = [pending.popleft() for _ in range(min(n, len(pending)))]
+                yield from self._run_stream_batch(batch)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
     # -- pipeline ----------------------------------------------------------------------------
 
-    def detect_faces(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Expanded face boxes float32 (K, 5) per BGR uint8 image (requires a face detector)."""
+    def _load(self, image: ImageInput) -> np.ndarray:
+        with self.timings.stage("decode", sync=False):
+            return load_image(image)
+
+    def _decode_job(self, item: ImageInput, detect: bool) -> tuple[np.ndarray, DetInput | None]:
+        """Worker-thread part of the stream: decode, and prepare the detector input."""
+        img = self._load(item)
+        if detect and self.face_detector is not None:
+            with self.timings.stage("preprocess", sync=False):
+                return img, self.face_detector.prepare(img)
+        return img, None
+
+    def _run_stream_batch(
+        self, batch: list[tuple[int, str | None, Any, Future[Any]]]
+    ) -> Iterator[StreamResult]:
+        loaded: list[tuple[int, str | None, Any, np.ndarray, DetInput | None]] = []
+        failed: dict[int, StreamResult] = {}
+        for index, source, b, job in batch:
+            try:
+                img, prep = job.result()
+                loaded.append((index, source, b, img, prep))
+            except Exception as e:  # any failure is this input's, reported as its result
+                failed[index] = StreamResult(index, source, error=e)
+        done: dict[int, list[Face]] = {}
+        errors: dict[int, Exception] = {}
+        if loaded:
+            try:
+                faces = self._run(
+                    [x[3] for x in loaded],
+                    [x[2] for x in loaded],
+                    stacklevel=4,
+                    prepared=[x[4] for x in loaded],
+                )
+                done = {x[0]: f for x, f in zip(loaded, faces, strict=True)}
+            except Exception:  # find the culprit(s) one by one rather than lose the batch
+                for index, source, b, img, prep in loaded:
+                    try:
+                        done[index] = self._run([img], [b], stacklevel=4, prepared=[prep])[0]
+                    except Exception as e:
+                        name = source if source is not None else f"image {index}"
+                        logger.warning("%s: %s", name, e)
+                        errors[index] = e
+        shapes = {x[0]: x[3].shape[:2] for x in loaded}
+        for index, source, *_ in batch:
+            if index in failed:
+                yield failed[index]
+                continue
+            h, w = shapes[index]
+            yield StreamResult(
+                index, source, faces=done.get(index), error=errors.get(index), height=int(h), width=int(w)
+            )
+
+    def detect_faces(
+        self, images: Sequence[np.ndarray], prepared: Sequence[DetInput | None] | None = None
+    ) -> list[np.ndarray]:
+        """Expanded face boxes float32 (K, 5) per BGR uint8 image (requires a face detector).
+        ``prepared``: detector inputs already made from the images (None entries are made here)."""
         if self.face_detector is None:
             raise ValueError("detect_faces: this Detector was built with face_detector=None")
-        prepared = [self.face_detector.prepare(img) for img in images]
-        raw = self.face_detector.detect_prepared(prepared)
+        fd = self.face_detector
+        preps = list(prepared) if prepared is not None else [None] * len(images)
+        with self.timings.stage("preprocess"):
+            inputs = [p if p is not None else fd.prepare(img) for img, p in zip(images, preps, strict=True)]
+        raw = fd.detect_prepared(inputs)
         return [expand_boxes(b, self.box_scale_factor) for b in raw]
 
-    def _run(self, images: Sequence[np.ndarray], boxes: Sequence[Any], stacklevel: int) -> list[list[Face]]:
+    def _run(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[Any],
+        stacklevel: int,
+        prepared: Sequence[DetInput | None] | None = None,
+    ) -> list[list[Face]]:
+        preps = list(prepared) if prepared is not None else [None] * len(images)
         if not self.batch_images and len(images) > 1:
-            return [self._run([img], [b], stacklevel + 1)[0] for img, b in zip(images, boxes, strict=True)]
+            return [
+                self._run([img], [b], stacklevel + 1, [p])[0]
+                for img, b, p in zip(images, boxes, preps, strict=True)
+            ]
+        try:
+            return self._run_batch(images, boxes, stacklevel + 1, preps)
+        except Exception as e:
+            if not _is_oom(e) or len(images) < 2:
+                raise
+        # CUDA ran out of memory: free what the failed attempt held, then halve the batch.
+        torch.cuda.empty_cache()
+        self.oom_splits += 1
+        half = len(images) // 2
+        logger.warning(
+            "CUDA out of memory on a batch of %d images: retrying as %d + %d",
+            len(images),
+            half,
+            len(images) - half,
+        )
+        return self._run(images[:half], boxes[:half], stacklevel + 1, preps[:half]) + self._run(
+            images[half:], boxes[half:], stacklevel + 1, preps[half:]
+        )
+
+    def _run_batch(
+        self,
+        images: Sequence[np.ndarray],
+        boxes: Sequence[Any],
+        stacklevel: int,
+        preps: Sequence[DetInput | None],
+    ) -> list[list[Face]]:
         all_boxes: list[np.ndarray | None] = [None] * len(images)
         need = []
         for i, (img, b) in enumerate(zip(images, boxes, strict=True)):
@@ -276,7 +492,8 @@ class Detector:
             else:
                 need.append(i)
         if need:
-            for i, det in zip(need, self.detect_faces([images[i] for i in need]), strict=True):
+            dets = self.detect_faces([images[i] for i in need], [preps[i] for i in need])
+            for i, det in zip(need, dets, strict=True):
                 all_boxes[i] = det
         final = [b if b is not None else np.zeros((0, 5), np.float32) for b in all_boxes]
         kpts = self.landmarks.estimate(images, final, self.flip_test)

@@ -115,7 +115,7 @@ class EngineKey:
         backend: ``"torchscript"``, ``"onnxruntime"`` or ``"tensorrt"``.
         device: :func:`device_tag` of the target.
         runtime: runtime version(s), e.g. ``"torch-2.4.0"`` or ``"tensorrt-10.3.0"``.
-        precision: ``"fp32"`` or ``"fp16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
     """
 
     model: str

@@ -4,9 +4,13 @@ An engine runs one network: a float32 tensor in, a flat tuple of float32 tensors
 outputs are flattened depth-first, in :data:`NETWORKS`' output order). The pipelines never know
 which backend runs. Backends (:data:`ENGINES`):
 
-- ``torch``: the eager module (fp32; fp16 on CUDA).
+- ``torch``: the eager module (fp32; bf16 on CPU and CUDA; fp16 on CUDA).
 - ``torchscript``: traced, ``torch.jit.freeze``-d (and ``optimize_for_inference`` where it was
-  measured to help), saved in the engine cache; CPU and CUDA, fp16 on CUDA.
+  measured to help), saved in the engine cache; CPU and CUDA; bf16, and fp16 on CUDA.
+
+Reduced precisions (``bf16``, ``fp16``) are opt-in: weights and activations in that type,
+outputs returned as float32; results then deviate from upstream's fp32 (``afd-trt bench
+--compare-upstream`` reports by how much). bf16 on a CPU is fast only with AVX512-BF16 or AMX.
 - ``onnxruntime``: ONNX (opset 17, dynamic batch / height / width / RoI count, checked with
   ``onnx.checker``) run by ONNX Runtime (CPU, or its CUDA provider where installed); fp32.
 - ``tensorrt``: the ONNX model built into a TensorRT 10 plan with the config's optimisation
@@ -64,9 +68,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 ONNX_OPSET = 17
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Engine(Protocol):
@@ -577,6 +581,8 @@ class Backend:
 
     def create(self, net: Network, device: torch.device, precision: str, cache: EngineCache) -> Engine:
         key = self.key(net, device, precision)
+        if precision == "bf16":
+            warn_if_slow_bf16(device)
 
         def build(dest: Path) -> dict[str, Any]:
             return {"target": _target_meta(device), **self.build(net, device, precision, dest)}
@@ -589,7 +595,8 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend(
             "torchscript", ".ts", _torch_runtime, ("cpu", "cuda"),
-            {"cpu": ("fp32",), "cuda": ("fp32", "fp16")}, _build_torchscript, _load_torchscript, True,
+            {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")}, _build_torchscript, _load_torchscript,
+            True,
         ),
         Backend(
             "onnxruntime", ".onnx", _ort_runtime, ("cpu", "cuda"),
@@ -605,12 +612,20 @@ BACKENDS: dict[str, Backend] = {
 
 
 def _create_torch(net: Network, device: torch.device, precision: str, cache: EngineCache) -> Engine:
-    allowed = ("fp32", "fp16") if device.type == "cuda" else ("fp32",)
+    allowed = ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
     if precision not in allowed:
         raise ValueError(
             f"backend 'torch' on {device.type}: precision must be one of {allowed}, got {precision!r}"
         )
+    if precision == "bf16":
+        warn_if_slow_bf16(device)
     return TorchEngine(net.module, device, precision)
+
+
+def warn_if_slow_bf16(device: torch.device) -> None:
+    """bf16 convolutions on a CPU without AVX512-BF16/AMX are emulated and slower than fp32."""
+    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("precision 'bf16' on a CPU without AVX512-BF16/AMX: slower than fp32 here")
 
 
 EngineFactory = Callable[[Network, torch.device, str, EngineCache], Engine]

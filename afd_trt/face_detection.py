@@ -20,6 +20,7 @@ from . import ops
 from .config import FasterRCNNConfig, YOLOv3Config
 from .engines import Engine
 from .preprocess import DetInput, prepare_detector_input
+from .timing import StageTimes
 
 __all__ = ["FaceDetector", "FasterRCNNFaceDetector", "YOLOv3FaceDetector", "group_by_shape"]
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 class FaceDetector(Protocol):
+    timer: StageTimes
+
     def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]: ...
 
     def prepare(self, image: np.ndarray) -> DetInput: ...
@@ -70,6 +73,7 @@ class YOLOv3FaceDetector:
         self.cfg = cfg
         self.engine = engine
         self.max_batch = max_batch
+        self.timer = StageTimes()  # Detector shares its own
         self._anchor_cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def prepare(self, image: np.ndarray) -> DetInput:
@@ -142,9 +146,11 @@ class YOLOv3FaceDetector:
         results: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
         for idx in group_by_shape(inputs, self.max_batch):
             with torch.inference_mode():
-                maps = [m.detach().to("cpu", torch.float32) for m in self.engine(_stack(inputs, idx))]
-                for j, i in enumerate(idx):
-                    results[i] = self._decode([m[j : j + 1] for m in maps], inputs[i].scale_factor)
+                with self.timer.stage("detector"):
+                    maps = [m.detach().to("cpu", torch.float32) for m in self.engine(_stack(inputs, idx))]
+                with self.timer.stage("detector_post"):
+                    for j, i in enumerate(idx):
+                        results[i] = self._decode([m[j : j + 1] for m in maps], inputs[i].scale_factor)
         return results
 
 
@@ -200,6 +206,7 @@ class FasterRCNNFaceDetector:
         self.stage1 = stage1
         self.box_head = box_head
         self.max_batch = max_batch
+        self.timer = StageTimes()  # Detector shares its own
         self._anchor_cache: dict[tuple[tuple[int, int], ...], list[torch.Tensor]] = {}
 
     def prepare(self, image: np.ndarray) -> DetInput:
@@ -295,20 +302,23 @@ class FasterRCNNFaceDetector:
         roi_feats: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(inputs)
         with torch.inference_mode():
             for idx in group_by_shape(inputs, self.max_batch):
-                outs = [t.detach().to("cpu", torch.float32) for t in self.stage1(_stack(inputs, idx))]
+                with self.timer.stage("detector"):
+                    outs = [t.detach().to("cpu", torch.float32) for t in self.stage1(_stack(inputs, idx))]
                 feats, cls, reg = outs[:n_feat], outs[n_feat : n_feat + n_lvl], outs[n_feat + n_lvl :]
-                for j, i in enumerate(idx):
-                    props = self._proposals([c[j] for c in cls], [r[j] for r in reg], inputs[i].img_shape)
-                    proposals[i] = props
-                    roi_feats[i] = ops.multilevel_roi_align(
-                        [np.ascontiguousarray(f[j].numpy()) for f in feats],
-                        np.ascontiguousarray(props[:, :4]),
-                        cfg.roi_featmap_strides,
-                        cfg.roi_finest_scale,
-                        cfg.roi_output_size,
-                        cfg.roi_sampling_ratio,
-                        cfg.roi_aligned,
-                    )
+                with self.timer.stage("detector_post"):
+                    for j, i in enumerate(idx):
+                        proposals[i] = self._proposals(
+                            [c[j] for c in cls], [r[j] for r in reg], inputs[i].img_shape
+                        )
+                        roi_feats[i] = ops.multilevel_roi_align(
+                            [np.ascontiguousarray(f[j].numpy()) for f in feats],
+                            np.ascontiguousarray(proposals[i][:, :4]),
+                            cfg.roi_featmap_strides,
+                            cfg.roi_finest_scale,
+                            cfg.roi_output_size,
+                            cfg.roi_sampling_ratio,
+                            cfg.roi_aligned,
+                        )
             counts = [len(p) for p in proposals]
             if sum(counts) == 0:
                 return results
@@ -318,12 +328,14 @@ class FasterRCNNFaceDetector:
                 if not with_rois:
                     continue
                 feats_all = torch.from_numpy(np.concatenate([roi_feats[i] for i in with_rois]))
-                cls_all, reg_all = (t.detach().to("cpu", torch.float32) for t in self.box_head(feats_all))
-                start = 0
-                for i in with_rois:
-                    n = counts[i]
-                    results[i] = self._final(
-                        proposals[i], cls_all[start : start + n], reg_all[start : start + n], inputs[i]
-                    )
-                    start += n
+                with self.timer.stage("detector"):
+                    cls_all, reg_all = (t.detach().to("cpu", torch.float32) for t in self.box_head(feats_all))
+                with self.timer.stage("detector_post"):
+                    start = 0
+                    for i in with_rois:
+                        n = counts[i]
+                        results[i] = self._final(
+                            proposals[i], cls_all[start : start + n], reg_all[start : start + n], inputs[i]
+                        )
+                        start += n
         return results

@@ -17,6 +17,7 @@ import torch
 from . import ops
 from .config import HRNetConfig
 from .engines import Engine
+from .timing import StageTimes
 
 __all__ = ["LandmarkEstimator", "boxes_to_center_scale", "crop_matrices", "default_warp_mode"]
 
@@ -107,6 +108,7 @@ class LandmarkEstimator:
         self.max_batch = max_batch
         self.threads = threads
         self._flip_pairs = np.asarray(cfg.flip_pairs, dtype=np.int64).reshape(-1, 2)
+        self.timer = StageTimes()  # Detector shares its own
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
@@ -158,22 +160,25 @@ class LandmarkEstimator:
         out: list[np.ndarray] = [np.zeros((0, k, 3), np.float32) for _ in images]
         if sum(counts) == 0:
             return out
-        parts = [self.crops(img, b) for img, b in zip(images, boxes, strict=True) if len(b)]
+        with self.timer.stage("warp"):
+            parts = [self.crops(img, b) for img, b in zip(images, boxes, strict=True) if len(b)]
         crops = np.concatenate([p[0] for p in parts])
         centers = np.concatenate([p[1] for p in parts])
         sizes = np.concatenate([p[2] for p in parts])
-        heat, flipped = self._heatmaps(crops, flip_test)
-        kpts = ops.decode_heatmaps(
-            heat,
-            centers,
-            sizes,
-            mode=cfg.decode,
-            blur_kernel=cfg.blur_kernel,
-            flipped=flipped,
-            flip_pairs=self._flip_pairs if flipped is not None else None,
-            shift=cfg.shift_heatmap,
-            threads=self.threads,
-        )
+        with self.timer.stage("landmarks"):
+            heat, flipped = self._heatmaps(crops, flip_test)
+        with self.timer.stage("heatmap_decode"):
+            kpts = ops.decode_heatmaps(
+                heat,
+                centers,
+                sizes,
+                mode=cfg.decode,
+                blur_kernel=cfg.blur_kernel,
+                flipped=flipped,
+                flip_pairs=self._flip_pairs if flipped is not None else None,
+                shift=cfg.shift_heatmap,
+                threads=self.threads,
+            )
         start = 0
         for i, n in enumerate(counts):
             if n:

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=["auto"],
         help="default: auto (the backend Detector(backend='auto') uses per network and device)",
     )
-    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16"), default=["fp32"])
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "fp16"), default=["fp32"])
     p.add_argument("--device", default="auto", help="cpu, cuda:0, ... or auto (default)")
     p.add_argument(
         "--cache-dir", type=Path, default=None, help="engine cache (default: $AFD_TRT_CACHE/engines)"

@@ -1,0 +1,204 @@
+"""Detector.stream: input order, laziness (bounded read-ahead), bad items kept apart, equality
+with per-image calls, per-stage timings, and the CUDA out-of-memory split (fault injected into
+the landmark network's calls on the CPU; the real network does the work)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from images import synthetic, tadne_crop
+
+import afd_trt
+from afd_trt.detector import StreamResult
+
+Weights = dict[str, dict[str, Path]]
+
+
+@pytest.fixture(scope="module")
+def det(seeded_weights: Callable[[int], Weights]) -> afd_trt.Detector:
+    w = seeded_weights(0)
+    return afd_trt.Detector("yolov3", w["yolov3"]["pth"], w["hrnetv2"]["pth"], device="cpu", flip_test=False)
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    return [
+        tadne_crop(0, 0, 512, 512, (256, 256)),
+        synthetic(200, 320, seed=1),
+        tadne_crop(1024, 512, 512, 512, (288, 224)),
+        synthetic(240, 240, seed=2),
+    ]
+
+
+def _same(a: list[dict[str, np.ndarray]] | None, b: list[dict[str, np.ndarray]]) -> None:
+    assert a is not None
+    assert len(a) == len(b)
+    for fa, fb in zip(a, b, strict=True):
+        np.testing.assert_array_equal(fa["bbox"], fb["bbox"])
+        np.testing.assert_array_equal(fa["keypoints"], fb["keypoints"])
+
+
+@pytest.mark.parametrize(("batch_size", "workers"), [(1, 0), (3, 2), (8, 1)])
+def test_stream_equals_single_calls_in_order(
+    det: afd_trt.Detector, images: list[np.ndarray], tmp_path: Path, batch_size: int, workers: int
+) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), images[2])
+    inputs: list[object] = [images[0], str(bad), good, images[1], images[3]]
+    results = list(det.stream(inputs, batch_size=batch_size, workers=workers))  # type: ignore[arg-type]
+    assert [r.index for r in results] == list(range(len(inputs)))
+    assert [r.source for r in results] == [None, str(bad), str(good), None, None]
+    assert not results[1].ok
+    assert str(bad) in str(results[1].error)
+    assert results[1].faces is None
+    for r, img in zip(
+        [results[0], results[2], results[3], results[4]],
+        [images[0], images[2], images[1], images[3]],
+        strict=True,
+    ):
+        assert r.ok, r.error
+        assert (r.height, r.width) == img.shape[:2]
+        _same(r.faces, det(img))
+    assert any(r.faces for r in results if r.ok), "the seeded weights find faces on these images"
+
+
+def test_stream_reads_lazily_and_boundedly(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[np.ndarray]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield images[i % len(images)]
+
+    batch_size, workers = 2, 1
+    it = det.stream(endless(), batch_size=batch_size, workers=workers)
+    first = list(itertools.islice(it, 5))
+    it.close()  # type: ignore[attr-defined]
+    assert [r.index for r in first] == [0, 1, 2, 3, 4]
+    # Read-ahead is bounded by 2 * batch_size + workers beyond what was yielded.
+    assert pulled <= 5 + 2 * batch_size + workers + batch_size
+    _same(first[4].faces, det(images[0]))
+
+
+def test_stream_boxes_in_step(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    boxes = [None, [[10, 12, 120, 140, 0.9]], [], None]
+    results = list(det.stream(images, boxes=boxes, batch_size=2))
+    _same(results[0].faces, det(images[0]))
+    _same(results[1].faces, det(images[1], boxes=boxes[1]))
+    assert results[2].faces == []
+    with pytest.raises(ValueError, match="ran out at image 2"):
+        list(det.stream(images, boxes=boxes[:2], batch_size=1))
+
+
+def test_stream_bad_boxes_lose_nothing(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    boxes = [None, [[10, 12, float("nan"), 140]], None]
+    results = list(det.stream(images[:3], boxes=boxes, batch_size=3))
+    assert results[1].error is not None
+    assert "non-finite" in str(results[1].error)
+    _same(results[0].faces, det(images[0]))
+    _same(results[2].faces, det(images[2]))
+
+
+def test_stream_argument_errors(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        list(det.stream(images, batch_size=0))
+    with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
+        list(det.stream(images, workers=-1))
+
+
+def test_detect_batch_uses_the_stream_and_keeps_results(
+    det: afd_trt.Detector, images: list[np.ndarray]
+) -> None:
+    items: list[object] = [images[0], np.zeros((4, 4), np.float32), images[1]]
+    with pytest.raises(afd_trt.BatchError) as info:
+        det.detect_batch(items, batch_size=2)  # type: ignore[arg-type]
+    assert set(info.value.errors) == {1}
+    assert "float32" in str(info.value.errors[1])
+    _same(info.value.results[0], det(images[0]))
+    _same(info.value.results[2], det(images[1]))
+
+
+def test_stage_timings(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    det.timings.reset()
+    det.timings.enabled = True
+    try:
+        results = list(det.stream(images, batch_size=2))
+    finally:
+        det.timings.enabled = False
+    seconds, counts = det.timings.seconds(), det.timings.counts()
+    faces = sum(len(r.faces or []) for r in results)
+    assert faces > 0
+    expected = {"decode", "preprocess", "detector", "detector_post", "warp", "landmarks", "heatmap_decode"}
+    assert set(seconds) == expected
+    assert all(v > 0 for v in seconds.values())
+    assert counts["decode"] == len(images)
+    assert counts["detector"] == len(images)  # batch 1 per image on the CPU
+    det.timings.reset()
+    det(images[0])
+    assert det.timings.seconds() == {}, "disabled timings record nothing"
+
+
+class _OutOfMemoryAbove:
+    """Wraps a real engine; raises torch.OutOfMemoryError for batches above ``limit``, as CUDA
+    would, and records the batch sizes it ran."""
+
+    def __init__(self, engine: afd_trt.engines.Engine, limit: int) -> None:
+        self.engine = engine
+        self.limit = limit
+        self.batches: list[int] = []
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = int(inputs[0].shape[0])
+        if n > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {n}")
+        self.batches.append(n)
+        return self.engine(*inputs)
+
+
+def test_out_of_memory_splits_the_batch(
+    seeded_weights: Callable[[int], Weights], images: list[np.ndarray]
+) -> None:
+    w = seeded_weights(0)
+    det = afd_trt.Detector("yolov3", w["yolov3"]["pth"], w["hrnetv2"]["pth"], device="cpu", flip_test=False)
+    det.batch_images = True  # the GPU's batching path, run on the CPU
+    expected = [r.faces for r in det.stream(images, batch_size=4)]
+    counts = [len(f or []) for f in expected]
+    assert sum(counts) > max(counts), "faces in more than one image"
+    limit = max(counts)
+    det.landmarks.engine = _OutOfMemoryAbove(det.landmarks.engine, limit)
+    got = list(det.stream(images, batch_size=4))
+    assert det.oom_splits >= 1
+    assert max(det.landmarks.engine.batches) <= limit
+    for r, e in zip(got, expected, strict=True):
+        assert r.ok, r.error
+        assert e is not None
+        # Batch composition changes the landmark batch, so compare within fp32 noise.
+        assert r.faces is not None
+        assert len(r.faces) == len(e)
+        for fa, fb in zip(r.faces, e, strict=True):
+            np.testing.assert_array_equal(fa["bbox"], fb["bbox"])
+            np.testing.assert_allclose(fa["keypoints"], fb["keypoints"], atol=0.05)
+
+
+def test_out_of_memory_on_one_image_is_that_image_error(
+    seeded_weights: Callable[[int], Weights], images: list[np.ndarray]
+) -> None:
+    w = seeded_weights(0)
+    det = afd_trt.Detector("yolov3", w["yolov3"]["pth"], w["hrnetv2"]["pth"], device="cpu", flip_test=False)
+    det.batch_images = True
+    counts = [len(det(img)) for img in images]
+    det.landmarks.engine = _OutOfMemoryAbove(det.landmarks.engine, max(counts) - 1)
+    got: list[StreamResult] = list(det.stream(images, batch_size=4))
+    worst = int(np.argmax(counts))
+    assert not got[worst].ok
+    assert "out of memory" in str(got[worst].error).lower()
+    assert all(r.ok for i, r in enumerate(got) if counts[i] < max(counts))
