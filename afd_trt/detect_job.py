@@ -20,10 +20,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -40,6 +40,9 @@ from .outputs import (
     write_bytes_atomic,
     write_json_atomic,
 )
+
+if TYPE_CHECKING:
+    from .detector import Detector, StreamResult
 
 __all__ = [
     "IMAGE_EXTS",
@@ -403,41 +406,6 @@ class Summary:
         )
 
 
-@dataclass
-class _LocalResult:
-    """Fallback of ``Detector.stream``'s result type (used when the detector has no ``stream``)."""
-
-    index: int
-    source: str | None
-    faces: list[dict[str, np.ndarray]] | None
-    error: Exception | None
-    height: int | None
-    width: int | None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def _local_stream(
-    det: Callable[[np.ndarray], list[dict[str, np.ndarray]]], inputs: Iterable[Any]
-) -> Iterator[Any]:
-    for i, item in enumerate(inputs):
-        src = None if isinstance(item, np.ndarray) else str(item)
-        try:
-            img = load_image(item)
-            yield _LocalResult(i, src, det(img), None, img.shape[0], img.shape[1])
-        except (OSError, TypeError, ValueError) as e:
-            yield _LocalResult(i, src, None, e, None, None)
-
-
-def _stream(det: Any, inputs: Iterable[Any], batch_size: int, workers: int) -> Iterator[Any]:
-    stream = getattr(det, "stream", None)
-    if stream is not None:
-        return iter(stream(inputs, batch_size=batch_size, workers=workers))
-    return _local_stream(det, inputs)
-
-
 _FAILED_INPUT = np.zeros((0, 0, 3), np.uint8)  # fed to the stream in place of an input known to fail
 
 
@@ -473,12 +441,12 @@ def _write_files(
         )
 
 
-def _process(opts: DetectOptions, item: WorkItem, res: Any) -> tuple[dict[str, Any], int]:
+def _process(opts: DetectOptions, item: WorkItem, res: StreamResult) -> tuple[dict[str, Any], int]:
     """The record of one stream result (and its crops/drawing), and its face count."""
     if item.error is not None:
         return error_record(item.path, item.error, item.frame, item.time), 0
     if not res.ok:
-        err = _describe_error(res.error)
+        err = _describe_error(res.error) if res.error is not None else "failed"
         return error_record(item.path, err, item.frame, item.time, res.width, res.height), 0
     faces = filter_faces(res.faces or [], opts.min_score, opts.min_face_size)
     if opts.crops is not None or (opts.draw is not None):
@@ -487,6 +455,8 @@ def _process(opts: DetectOptions, item: WorkItem, res: Any) -> tuple[dict[str, A
         except (OSError, TypeError, ValueError) as e:  # changed or removed since detection
             return error_record(item.path, _describe_error(e), item.frame, item.time), 0
         _write_files(opts, item, image, faces)
+    if res.width is None or res.height is None:  # never for a decoded image
+        return error_record(item.path, "no image size in the result", item.frame, item.time), 0
     return image_record(item.path, faces, res.width, res.height, item.frame, item.time), len(faces)
 
 
@@ -501,9 +471,8 @@ def _progress_bar(opts: DetectOptions, total: int) -> Any:
     return tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
 
 
-def run_detect_job(det: Any, opts: DetectOptions) -> Summary:
-    """Run a detect job (see the module docstring); returns its summary. ``det`` is a
-    ``Detector`` (its ``stream`` is used when present, else per-image calls)."""
+def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
+    """Run a detect job (see the module docstring) through ``det.stream``; returns its summary."""
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
     specs = expand_inputs(opts.inputs)
@@ -526,7 +495,7 @@ def run_detect_job(det: Any, opts: DetectOptions) -> Summary:
             else:
                 yield item.image if item.image is not None else item.path
 
-    results = _stream(det, feed(), opts.batch_size, opts.workers)
+    results = det.stream(feed(), batch_size=opts.batch_size, workers=opts.workers)
     try:
         with redirect:
             for res in results:
