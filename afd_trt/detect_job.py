@@ -353,7 +353,7 @@ class DetectOptions:
     overwrite: bool = False
     retry_errors: bool = False
     every: int = 1
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the detector's default_batch_size
     workers: int = 2
     min_score: float = 0.0
     min_face_size: float = 0.0

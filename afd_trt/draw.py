@@ -16,6 +16,7 @@ _LIMIT = 1 << 20  # drawing coordinates are clipped to +-this (OpenCV takes int3
 def _px(v: float) -> int:
     return int(np.clip(round(v), -_LIMIT, _LIMIT))
 
+
 BOX_COLOR = (0, 255, 0)  # BGR
 POINT_COLOR = (0, 0, 255)
 LOW_SCORE_COLOR = (0, 255, 255)
