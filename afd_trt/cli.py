@@ -6,21 +6,20 @@ Subcommands are registered in a plain dict; each has its own argument builder an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = ["main"]
 
 logger = logging.getLogger("afd_trt.cli")
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 # -- make-test-weights ---------------------------------------------------------------------
@@ -46,38 +45,75 @@ def _run_make_test_weights(args: argparse.Namespace) -> int:
 
 # -- detect ----------------------------------------------------------------------------------
 
+DETECT_EPILOG = """\
+inputs: image files, folders (recursive; images and videos by extension), glob patterns
+('shots/**/*.png', quoted), @list.txt (one input per line), videos (.mp4 .avi .mkv .mov .webm;
+every --every-th frame, recorded with its frame index and time in seconds).
 
-def iter_inputs(inputs: Sequence[str]) -> Iterator[Path]:
-    """Expand files, directories (recursive, image extensions) and ``@list.txt`` files."""
-    for item in inputs:
-        if item.startswith("@"):
-            lines = Path(item[1:]).read_text(encoding="utf-8").splitlines()
-            yield from (Path(s.strip()) for s in lines if s.strip() and not s.startswith("#"))
-            continue
-        path = Path(item)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-        else:
-            yield path
+output: JSON Lines, one record per image or frame, appended as each finishes:
+  {"path", "width", "height", ["frame", "time",] "faces": [{"bbox": [x0, y0, x1, y1], "score",
+  "keypoints": [[x, y, score] x 28]}]}  or  {"path", ..., "error": reason}.
+Resumable: a re-run with the same output skips the inputs (path, frame) already recorded
+(failed ones too, unless --retry-errors); a killed run leaves a valid file. --format coco keeps
+the JSON Lines journal at OUTPUT.jsonl and (re)writes the COCO file OUTPUT atomically at the end.
 
-
-def face_record(face: dict[str, np.ndarray]) -> dict[str, Any]:
-    bbox = face["bbox"]
-    return {
-        "bbox": [float(v) for v in bbox[:4]],
-        "score": float(bbox[4]) if len(bbox) > 4 else None,
-        "keypoints": face["keypoints"].astype(float).tolist(),
-    }
+exit status: 0 all inputs processed, 1 some input failed (now or recorded earlier) or writing
+failed, 2 bad arguments or models that cannot be loaded, 130 interrupted (Ctrl-C, SIGTERM: the
+journal stays valid; run again to finish).
+"""
 
 
 def _add_detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--face-detector", choices=("yolov3", "faster-rcnn"), default="yolov3")
-    p.add_argument("--face-detector-checkpoint", type=Path, default=None)
-    p.add_argument("--landmark-checkpoint", type=Path, default=None)
-    p.add_argument("--device", default="auto", help="cpu, cuda:0, ... or auto (default)")
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--no-flip", action="store_true", help="disable the flip test")
-    p.add_argument("--box-scale-factor", type=float, default=1.1)
+    g = p.add_argument_group("models")
+    g.add_argument("--face-detector", choices=("yolov3", "faster-rcnn"), default="yolov3")
+    g.add_argument(
+        "--face-detector-checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="detector .pth/.safetensors (default: the released weights, resolved or downloaded)",
+    )
+    g.add_argument(
+        "--landmark-checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="HRNetV2 .pth/.safetensors (default: the released weights)",
+    )
+    g.add_argument(
+        "--face-detector-config",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="detector config overriding configs/<face-detector>.toml (e.g. another img_scale)",
+    )
+    g.add_argument(
+        "--landmark-config",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="landmark config overriding configs/hrnetv2.toml",
+    )
+    g.add_argument("--device", default="auto", help="cpu, cuda:0, ... or auto (default: a GPU when present)")
+    g.add_argument(
+        "--backend", default="torch", help="network runner (torch, torchscript, onnxruntime, tensorrt, auto)"
+    )
+    g.add_argument(
+        "--no-flip", action="store_true", help="disable the flip test (faster, slightly less accurate)"
+    )
+    g.add_argument(
+        "--box-scale-factor",
+        type=float,
+        default=1.1,
+        help="detected boxes are enlarged by this (default 1.1)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per pipeline batch (default: 16 on a GPU, 4 on the CPU, where it only sets the read-ahead)",
+    )
+    g.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads (default 2)")
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
@@ -91,52 +127,189 @@ def _make_detector(args: argparse.Namespace) -> Any:
         flip_test=not args.no_flip,
         box_scale_factor=args.box_scale_factor,
         backend=args.backend,
+        face_detector_config=getattr(args, "face_detector_config", None),
+        landmark_config=getattr(args, "landmark_config", None),
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
 
 
 def _add_detect(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="image files, directories or @list.txt")
-    p.add_argument("-o", "--output", type=Path, required=True, help="JSON Lines output file")
-    p.add_argument("--min-score", type=float, default=0.0, help="drop faces scoring below this")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = DETECT_EPILOG
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image, folder, glob pattern, @list.txt or video"
+    )
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "-o", "--output", type=Path, required=True, help="result file (JSON Lines, or COCO JSON)"
+    )
+    out.add_argument(
+        "--format",
+        choices=("jsonl", "coco"),
+        default="jsonl",
+        help="jsonl (default): OUTPUT is the journal; coco: OUTPUT is a COCO JSON written at the end",
+    )
+    out.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the JSON Lines journal (default: OUTPUT for jsonl, OUTPUT.jsonl for coco)",
+    )
+    out.add_argument("--overwrite", action="store_true", help="start over: discard the existing journal")
+    out.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="drop recorded failures from the journal and process those inputs again",
+    )
+    out.add_argument(
+        "--every",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="videos: process frames 0, N, 2N, ... (default 1: every frame)",
+    )
+    out.add_argument("--min-score", type=float, default=0.0, help="drop faces scoring below this (default 0)")
+    out.add_argument(
+        "--min-face-size",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="drop faces whose box's shorter side is below PX pixels (default 0)",
+    )
+    c = p.add_argument_group("crops and drawings")
+    c.add_argument(
+        "--crops",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write face crops into DIR: <stem>_<hash>[_frame<N>]_f<face>.<ext>",
+    )
+    c.add_argument(
+        "--crop-mode",
+        choices=("aligned", "box"),
+        default="aligned",
+        help="aligned (default): similarity from eyes, nose and mouth corners to a frontal "
+        "template; box: the square around the box, no rotation",
+    )
+    c.add_argument(
+        "--crop-size", type=_positive_int, default=256, metavar="PX", help="crop side (default 256)"
+    )
+    c.add_argument(
+        "--crop-scale",
+        type=float,
+        default=1.0,
+        help="aligned: zoom (2: face twice as large; default 1: eye distance = size/4)",
+    )
+    c.add_argument(
+        "--crop-margin", type=float, default=1.0, help="box: square side = longer box side x this (default 1)"
+    )
+    c.add_argument(
+        "--crop-border",
+        choices=("constant", "replicate", "reflect"),
+        default="constant",
+        help="fill outside the image (default constant: black)",
+    )
+    c.add_argument(
+        "--crop-ext", choices=("png", "jpg", "webp"), default="png", help="crop file type (default png)"
+    )
+    c.add_argument(
+        "--draw",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each image with boxes and landmarks drawn into DIR: <stem>_<hash>[_frame<N>].jpg",
+    )
+    c.add_argument(
+        "--draw-landmark-threshold",
+        type=float,
+        default=0.3,
+        help="landmarks scoring below this are drawn yellow, others red (default 0.3)",
+    )
     _add_detector_args(p)
+    r = p.add_argument_group("reporting")
+    r.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar; log warnings and errors only (the summary still when inputs failed)",
+    )
+    r.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=LOG_LEVELS,
+        help="as the top-level --log-level (default INFO, WARNING with --quiet)",
+    )
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    import cv2  # noqa: F401  (fail early and clearly if OpenCV is missing)
+    from .detect_job import DetectOptions, run_detect_job
 
-    det = _make_detector(args)
-    n_in = n_faces = n_fail = 0
-    t0 = time.perf_counter()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with args.output.open("w", encoding="utf-8") as out:
-        for path in iter_inputs(args.inputs):
-            n_in += 1
-            record: dict[str, Any] = {"path": str(path)}
-            try:
-                from .image import load_image
-
-                img = load_image(path)
-                record.update(height=int(img.shape[0]), width=int(img.shape[1]))
-                faces = [f for f in det(img) if len(f["bbox"]) < 5 or f["bbox"][4] >= args.min_score]
-                record["faces"] = [face_record(f) for f in faces]
-                n_faces += len(faces)
-            except (OSError, TypeError, ValueError) as e:
-                n_fail += 1
-                record["error"] = str(e)
-                logger.error("%s: %s", path, e)
-            out.write(json.dumps(record) + "\n")
-            out.flush()
-    dt = time.perf_counter() - t0
-    logger.info(
-        "%d inputs, %d faces, %d failed, %.1f s (%.2f images/s) -> %s",
-        n_in,
-        n_faces,
-        n_fail,
-        dt,
-        n_in / dt if dt > 0 else 0.0,
-        args.output,
+    if args.crop_scale <= 0 or args.crop_margin <= 0:
+        logger.error("--crop-scale and --crop-margin must be positive")
+        return 2
+    opts = DetectOptions(
+        inputs=args.inputs,
+        output=args.output,
+        format=args.format,
+        journal=args.journal,
+        overwrite=args.overwrite,
+        retry_errors=args.retry_errors,
+        every=args.every,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        min_score=args.min_score,
+        min_face_size=args.min_face_size,
+        crops=args.crops,
+        crop_mode=args.crop_mode,
+        crop_size=args.crop_size,
+        crop_scale=args.crop_scale,
+        crop_margin=args.crop_margin,
+        crop_border=args.crop_border,
+        crop_ext=args.crop_ext,
+        draw=args.draw,
+        draw_landmark_threshold=args.draw_landmark_threshold,
+        progress=not args.quiet,
     )
-    return 1 if n_fail else 0
+    if opts.format == "coco" and opts.journal_path().resolve() == opts.output.resolve():
+        logger.error("--journal must differ from the COCO output %s", opts.output)
+        return 2
+    try:
+        det = _make_detector(args)
+    except (OSError, ValueError, RuntimeError) as e:
+        logger.error("cannot load the models: %s", e)
+        return 2
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not in the main thread: keep the default
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        summary = run_detect_job(det, opts)
+    except (OSError, RuntimeError) as e:
+        logger.error("detect stopped: %s", e)
+        return 1
+    failed = summary.failed + summary.failed_before
+    where = opts.output if opts.format == "jsonl" else f"{opts.output} (journal {opts.journal_path()})"
+    log = logger.warning if failed or summary.interrupted else logger.info
+    log("detect: %s -> %s", summary.line(), where)
+    for line in summary.failures[:10]:
+        logger.warning("failed: %s", line)
+    if len(summary.failures) > 10:
+        logger.warning("... and %d more failures (see the error records)", len(summary.failures) - 10)
+    if summary.interrupted:
+        return 130
+    return 1 if failed else 0
 
 
 # -- build -----------------------------------------------------------------------------------
@@ -172,7 +345,11 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "detect": ("detect faces and landmarks, write JSON Lines", _add_detect, _run_detect),
+    "detect": (
+        "detect faces and landmarks in images, folders and videos: resumable JSON Lines or COCO, crops, drawings",
+        _add_detect,
+        _run_detect,
+    ),
     "build": ("build TorchScript / ONNX / TensorRT engines into the engine cache", _add_build, _run_build),
     "bench": ("time the pipeline, optionally side by side with upstream", _add_bench, _run_bench),
     "make-test-weights": (
@@ -185,12 +362,13 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="afd-trt", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS, help="default INFO")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, _) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    level = args.log_level or ("WARNING" if getattr(args, "quiet", False) else "INFO")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     return COMMANDS[args.command][2](args)
 
 

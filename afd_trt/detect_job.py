@@ -1,0 +1,526 @@
+"""The ``afd-trt detect`` job: input expansion (files, folders, globs, ``@lists``, videos), the
+resumable JSON Lines journal, crops/drawings, progress and the end-of-run summary.
+
+Loss-free and resumable by construction:
+- every finished input is appended to the journal as one complete line with a single
+  ``os.write`` (flushed, ``fsync``-ed every few seconds and at the end); a record is either
+  wholly there or absent, and a torn last line (power loss) is cut off on the next start;
+- an input's crops and drawing are written (atomically: temporary file + ``os.replace``)
+  *before* its record, so a recorded input has all of its files;
+- on start the journal's records are read and their inputs, keyed ``(path, frame)``, skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from .crops import aligned_crop_matrix, box_crop_matrix, crop_name, source_tag, warp_crop
+from .draw import draw_faces
+from .image import load_image
+from .outputs import (
+    coco_from_records,
+    error_record,
+    filter_faces,
+    image_record,
+    record_key,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+
+if TYPE_CHECKING:
+    from .detector import Detector, StreamResult
+
+__all__ = [
+    "IMAGE_EXTS",
+    "VIDEO_EXTS",
+    "DetectOptions",
+    "InputSpec",
+    "Journal",
+    "Summary",
+    "WorkItem",
+    "expand_inputs",
+    "iter_work",
+    "run_detect_job",
+]
+
+logger = logging.getLogger("afd_trt.detect")
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+_GLOB_CHARS = set("*?[")
+
+Key = tuple[str, int | None]
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input after expansion: ``kind`` is ``"image"``, ``"video"`` or ``"missing"`` (a path or
+    pattern that names nothing; recorded as an error)."""
+
+    path: str
+    kind: str
+
+
+def _classify(path: str) -> InputSpec:
+    return InputSpec(path, "video" if Path(path).suffix.lower() in VIDEO_EXTS else "image")
+
+
+def _walk(folder: Path) -> list[str]:
+    exts = IMAGE_EXTS + VIDEO_EXTS
+    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+
+
+def _expand_one(item: str, allow_list: bool) -> Iterator[InputSpec]:
+    if allow_list and item.startswith("@") and len(item) > 1:
+        for line in Path(item[1:]).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield from _expand_one(line, allow_list=False)
+        return
+    path = Path(item)
+    if path.is_dir():
+        yield from (_classify(p) for p in _walk(path))
+    elif path.exists():
+        yield _classify(item)
+    elif _GLOB_CHARS & set(item):
+        matches = sorted(glob.glob(item, recursive=True))
+        if not matches:
+            yield InputSpec(item, "missing")
+        for m in matches:
+            yield from (_classify(p) for p in _walk(Path(m))) if Path(m).is_dir() else [_classify(m)]
+    else:
+        yield InputSpec(item, "missing")
+
+
+def expand_inputs(items: Sequence[str]) -> list[InputSpec]:
+    """Expand command-line inputs, in order, without duplicates (first occurrence wins).
+
+    - an existing file: an image, or a video when its extension is in ``VIDEO_EXTS``;
+    - a folder: its image and video files (``IMAGE_EXTS``, ``VIDEO_EXTS``, any case), recursively,
+      sorted by path;
+    - a glob pattern (``*``, ``?``, ``[``; ``**`` recursive) that is not an existing path: its
+      matches, sorted;
+    - ``@list.txt``: one input per line (files, folders or patterns; blank lines and lines
+      starting with ``#`` ignored);
+    - anything else: a ``"missing"`` input.
+
+    Paths are normalised with ``os.path.normpath`` (the journal key), not resolved.
+    """
+    seen: set[str] = set()
+    out: list[InputSpec] = []
+    for item in items:
+        for spec in _expand_one(item, allow_list=True):
+            norm = InputSpec(os.path.normpath(spec.path), spec.kind)
+            if norm.path not in seen:
+                seen.add(norm.path)
+                out.append(norm)
+    return out
+
+
+@dataclass
+class WorkItem:
+    """One unit of work: an image path, or a decoded video frame (``image``), or a failure
+    found before detection (``error``)."""
+
+    path: str
+    frame: int | None = None
+    time: float | None = None
+    image: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return self.path, self.frame
+
+
+def _iter_video(path: str, done: set[Key], every: int) -> Iterator[WorkItem]:
+    cap = cv2.VideoCapture(path)
+    try:
+        if not cap.isOpened():
+            if (path, None) not in done:
+                yield WorkItem(path, error="could not open video (unreadable, corrupt or unsupported codec)")
+            return
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        index = 0
+        while cap.grab():
+            if index % every == 0 and (path, index) not in done:
+                msec = float(cap.get(cv2.CAP_PROP_POS_MSEC))
+                t = msec / 1000.0 if math.isfinite(msec) and msec >= 0 else (index / fps if fps > 0 else None)
+                ok, frame = cap.retrieve()
+                if ok and frame is not None:
+                    yield WorkItem(path, frame=index, time=t, image=frame)
+                else:
+                    yield WorkItem(path, frame=index, time=t, error="could not decode video frame")
+            index += 1
+        if index == 0 and (path, None) not in done:
+            yield WorkItem(path, error="video has no readable frames")
+    except cv2.error as e:
+        yield WorkItem(path, error=f"video decoding failed: {e}")
+    finally:
+        cap.release()
+
+
+def iter_work(specs: Iterable[InputSpec], done: set[Key], every: int = 1) -> Iterator[WorkItem]:
+    """The work still to do, lazily and in input order: images not in ``done``, and every
+    ``every``-th frame (0, every, 2·every, ...) of each video not in ``done``."""
+    for spec in specs:
+        if spec.kind == "video":
+            yield from _iter_video(spec.path, done, every)
+        elif (spec.path, None) in done:
+            continue
+        elif spec.kind == "missing":
+            yield WorkItem(
+                spec.path, error="no such file or directory (nor any file matching it as a pattern)"
+            )
+        else:
+            yield WorkItem(spec.path)
+
+
+def _estimate_total(specs: Sequence[InputSpec], done: set[Key], every: int) -> int:
+    """Work items still to do (for the progress bar): exact for images, from the container's
+    frame count for videos."""
+    total = 0
+    per_video: dict[str, int] = {}
+    for path, frame in done:
+        if frame is not None:
+            per_video[path] = per_video.get(path, 0) + 1
+    for spec in specs:
+        if spec.kind != "video":
+            total += (spec.path, None) not in done
+            continue
+        cap = cv2.VideoCapture(spec.path)
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+        cap.release()
+        total += max(0, math.ceil(n / every) - per_video.get(spec.path, 0)) if n > 0 else 1
+    return total
+
+
+# -- journal -----------------------------------------------------------------------------------
+
+
+class Journal:
+    """The JSON Lines result file, append-only, one complete record per line.
+
+    Opening reads the records already there (their keys are ``done``). It repairs what a crash
+    can leave: a torn last line is cut off (the file truncated to its last complete line);
+    unparsable lines and, with ``retry_errors``, error records are dropped (the file is then
+    rewritten atomically). ``overwrite`` starts an empty file. A second process appending to the
+    same journal is refused (``flock``, where available).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        overwrite: bool = False,
+        retry_errors: bool = False,
+        fsync_seconds: float = 2.0,
+        fsync_records: int = 200,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[Key] = set()
+        self.loaded = 0
+        self.loaded_errors = 0
+        self._fsync_seconds = fsync_seconds
+        self._fsync_records = fsync_records
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        if overwrite:
+            self.path.write_bytes(b"")
+        elif self.path.exists():
+            self._repair(retry_errors)
+        self._fd = self._open_locked()
+
+    def _open_locked(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise RuntimeError(f"{self.path} is in use by another afd-trt process") from e
+        return fd
+
+    def _repair(self, retry_errors: bool) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            logger.warning(
+                "%s: dropping an incomplete last line (%d bytes) left by an interrupted run",
+                self.path,
+                len(data) - end,
+            )
+        kept: list[bytes] = []
+        dropped_bad = dropped_err = dropped_dup = 0
+        for line in data[:end].splitlines():
+            if not line.strip():
+                dropped_bad += 1
+                continue
+            try:
+                rec = json.loads(line)
+                key = record_key(rec)
+            except (ValueError, KeyError, TypeError):
+                dropped_bad += 1
+                continue
+            if retry_errors and "error" in rec:
+                dropped_err += 1
+                continue
+            if key in self.done:
+                dropped_dup += 1
+                continue
+            self.done.add(key)
+            self.loaded_errors += "error" in rec
+            kept.append(line)
+        self.loaded = len(kept)
+        if dropped_bad or dropped_err or dropped_dup:
+            logger.warning(
+                "%s: rewriting without %d unreadable, %d duplicate and %d error record(s)%s",
+                self.path,
+                dropped_bad,
+                dropped_dup,
+                dropped_err,
+                " (--retry-errors)" if dropped_err else "",
+            )
+            write_bytes_atomic(self.path, b"".join(line + b"\n" for line in kept))
+        elif end < len(data):
+            os.truncate(self.path, end)
+
+    def append(self, rec: dict[str, Any]) -> None:
+        """Append one record as one line (a single ``write``), then ``fsync`` when due."""
+        data = (json.dumps(rec, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.done.add(record_key(rec))
+        self._unsynced += 1
+        now = time.monotonic()
+        if self._unsynced >= self._fsync_records or now - self._last_sync >= self._fsync_seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = 0
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record of the file, in order (complete lines only)."""
+        with self.path.open("rb") as f:
+            for line in f:
+                if line.endswith(b"\n") and line.strip():
+                    yield json.loads(line)
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+
+@dataclass
+class DetectOptions:
+    """What ``run_detect_job`` needs besides the detector (see ``afd-trt detect --help``)."""
+
+    inputs: Sequence[str]
+    output: Path
+    format: str = "jsonl"
+    journal: Path | None = None
+    overwrite: bool = False
+    retry_errors: bool = False
+    every: int = 1
+    batch_size: int | None = None  # None: the detector's default_batch_size
+    workers: int = 2
+    min_score: float = 0.0
+    min_face_size: float = 0.0
+    crops: Path | None = None
+    crop_mode: str = "aligned"
+    crop_size: int = 256
+    crop_scale: float = 1.0
+    crop_margin: float = 1.0
+    crop_border: str = "constant"
+    crop_ext: str = "png"
+    draw: Path | None = None
+    draw_landmark_threshold: float = 0.3
+    progress: bool = True
+
+    def journal_path(self) -> Path:
+        """The JSON Lines file: ``output`` itself, or for ``--format coco`` ``<output>.jsonl``."""
+        if self.journal is not None:
+            return self.journal
+        return self.output if self.format == "jsonl" else self.output.with_name(self.output.name + ".jsonl")
+
+
+@dataclass
+class Summary:
+    """Counts of one run (``skipped``: already in the journal when it started)."""
+
+    inputs: int = 0
+    faces: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failed_before: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.inputs / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"{self.inputs} inputs ({self.skipped} already done), {self.faces} faces, "
+            f"{self.failed} failed"
+            + (
+                f" (+{self.failed_before} earlier, kept; --retry-errors retries them)"
+                if self.failed_before
+                else ""
+            )
+            + f", {self.seconds:.1f} s, {self.rate:.2f} images/s"
+            + (" -- interrupted" if self.interrupted else "")
+        )
+
+
+_FAILED_INPUT = np.zeros((0, 0, 3), np.uint8)  # fed to the stream in place of an input known to fail
+
+
+def _describe_error(e: BaseException) -> str:
+    msg = str(e)
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def _encode(image: np.ndarray, ext: str) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in ("jpg", "jpeg") else []
+    ok, buf = cv2.imencode(f".{ext}", image, params)
+    if not ok:
+        raise OSError(f"could not encode a .{ext} image")
+    return bytes(buf.tobytes())
+
+
+def _write_files(
+    opts: DetectOptions, item: WorkItem, image: np.ndarray, faces: list[dict[str, np.ndarray]]
+) -> None:
+    if opts.crops is not None:
+        for i, face in enumerate(faces):
+            if opts.crop_mode == "aligned":
+                m = aligned_crop_matrix(face["keypoints"], opts.crop_size, opts.crop_scale)
+            else:
+                m = box_crop_matrix(face["bbox"], opts.crop_size, opts.crop_margin)
+            crop = warp_crop(image, m, opts.crop_size, opts.crop_border)
+            name = crop_name(item.path, i, item.frame, opts.crop_ext)
+            write_bytes_atomic(opts.crops / name, _encode(crop, opts.crop_ext), fsync=False)
+    if opts.draw is not None:
+        drawn = draw_faces(image, faces, opts.draw_landmark_threshold)
+        write_bytes_atomic(
+            opts.draw / f"{source_tag(item.path, item.frame)}.jpg", _encode(drawn, "jpg"), fsync=False
+        )
+
+
+def _process(opts: DetectOptions, item: WorkItem, res: StreamResult) -> tuple[dict[str, Any], int]:
+    """The record of one stream result (and its crops/drawing), and its face count."""
+    if item.error is not None:
+        return error_record(item.path, item.error, item.frame, item.time), 0
+    if not res.ok:
+        err = _describe_error(res.error) if res.error is not None else "failed"
+        return error_record(item.path, err, item.frame, item.time, res.width, res.height), 0
+    faces = filter_faces(res.faces or [], opts.min_score, opts.min_face_size)
+    if opts.crops is not None or (opts.draw is not None):
+        try:
+            image = item.image if item.image is not None else load_image(item.path)
+        except (OSError, TypeError, ValueError) as e:  # changed or removed since detection
+            return error_record(item.path, _describe_error(e), item.frame, item.time), 0
+        _write_files(opts, item, image, faces)
+    if res.width is None or res.height is None:  # never for a decoded image
+        return error_record(item.path, "no image size in the result", item.frame, item.time), 0
+    return image_record(item.path, faces, res.width, res.height, item.frame, item.time), len(faces)
+
+
+def _progress_bar(opts: DetectOptions, total: int) -> Any:
+    if not (opts.progress and sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        logger.debug("tqdm is not installed: no progress bar")
+        return None
+    return tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.05, file=sys.stderr)
+
+
+def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
+    """Run a detect job (see the module docstring) through ``det.stream``; returns its summary."""
+    if opts.every < 1:
+        raise ValueError(f"--every must be >= 1, got {opts.every}")
+    specs = expand_inputs(opts.inputs)
+    journal = Journal(opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors)
+    summary = Summary(skipped=journal.loaded, failed_before=journal.loaded_errors)
+    t0 = time.perf_counter()
+    bar = _progress_bar(opts, _estimate_total(specs, journal.done, opts.every)) if opts.progress else None
+    redirect: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if bar is not None:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        redirect = logging_redirect_tqdm()
+    pending: dict[int, WorkItem] = {}
+
+    def feed() -> Iterator[Any]:
+        for i, item in enumerate(iter_work(specs, set(journal.done), opts.every)):
+            pending[i] = item
+            if item.error is not None:
+                yield _FAILED_INPUT
+            else:
+                yield item.image if item.image is not None else item.path
+
+    results = det.stream(feed(), batch_size=opts.batch_size, workers=opts.workers)
+    try:
+        with redirect:
+            for res in results:
+                item = pending.pop(res.index)
+                rec, n_faces = _process(opts, item, res)
+                journal.append(rec)
+                summary.inputs += 1
+                summary.faces += n_faces
+                if "error" in rec:
+                    summary.failed += 1
+                    where = item.path if item.frame is None else f"{item.path} frame {item.frame}"
+                    summary.failures.append(f"{where}: {rec['error']}")
+                    logger.warning("%s: %s", where, rec["error"])
+                if bar is not None:
+                    bar.update(1)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # stop the stream's read-ahead and workers
+        if bar is not None:
+            bar.close()
+        journal.close()
+        summary.seconds = time.perf_counter() - t0
+    if opts.format == "coco" and not summary.interrupted:
+        write_json_atomic(opts.output, coco_from_records(journal.records()))
+    return summary

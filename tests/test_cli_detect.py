@@ -1,0 +1,390 @@
+"""``afd-trt detect`` end to end: the real CLI in a subprocess on generated images, crops of the
+shared demo grid, a generated video and broken files; results against the Python API.
+
+Seeded test weights (random, calibrated: they find "faces" anywhere), a reduced YOLOv3 input
+size (192, at most 2 faces per image) and no flip test keep every run to seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from paths import REPO, TADNE_GRID
+
+from afd_trt.crops import crop_name, source_tag
+
+pytestmark = pytest.mark.slow
+
+Weights = Callable[[int], dict[str, dict[str, Path]]]
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(seeded_weights: Weights, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    w = seeded_weights(0)
+    cfg = tmp_path_factory.mktemp("cfg") / "yolov3-small.toml"
+    text = (REPO / "configs" / "yolov3.toml").read_text()
+    text = text.replace("img_scale = [608, 608]", "img_scale = [192, 192]").replace(
+        "max_per_img = 100", "max_per_img = 2"
+    )
+    assert "img_scale = [192, 192]" in text
+    assert "max_per_img = 2" in text
+    cfg.write_text(text)
+    return {"det": w["yolov3"]["safetensors"], "lm": w["hrnetv2"]["safetensors"], "cfg": cfg}
+
+
+def _model_args(models: dict[str, Path]) -> list[str]:
+    return [
+        "--face-detector-checkpoint", str(models["det"]),
+        "--landmark-checkpoint", str(models["lm"]),
+        "--face-detector-config", str(models["cfg"]),
+        "--device", "cpu",
+        "--no-flip",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api(models: dict[str, Path]) -> Any:
+    from afd_trt import Detector
+
+    return Detector(
+        face_detector="yolov3",
+        face_detector_checkpoint=models["det"],
+        landmark_checkpoint=models["lm"],
+        face_detector_config=models["cfg"],
+        device="cpu",
+        flip_test=False,
+    )
+
+
+def _tiles(n: int, size: int) -> list[np.ndarray]:
+    grid = cv2.imread(str(TADNE_GRID), cv2.IMREAD_COLOR)
+    assert grid is not None, f"shared demo grid missing: {TADNE_GRID}"
+    out = []
+    for k in range(n):
+        r, c = divmod(k * 7 % 36, 6)
+        tile = grid[r * 512 : (r + 1) * 512, c * 512 : (c + 1) * 512]
+        out.append(cv2.resize(tile, (size, size), interpolation=cv2.INTER_AREA))
+    return out
+
+
+VIDEO_EVERY = 3
+VIDEO_FRAMES = 4
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A folder mixing good images (grid tiles, a generated picture), corrupt ones and videos."""
+    d = tmp_path_factory.mktemp("inputs")
+    t = _tiles(3, 256)
+    (d / "sub").mkdir()
+    cv2.imwrite(str(d / "tile0.jpg"), t[0])
+    cv2.imwrite(str(d / "tile1.png"), t[1])
+    cv2.imwrite(str(d / "sub" / "tile2.jpg"), t[2])
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (192, 320, 3), dtype=np.uint8), (7, 7), 2)
+    cv2.imwrite(str(d / "generated.png"), noise)
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    ok, png = cv2.imencode(".png", t[0])
+    assert ok
+    (d / "truncated.png").write_bytes(png.tobytes()[: len(png) // 2])
+    (d / "broken.mp4").write_bytes(b"\x00" * 256)
+    (d / "notes.txt").write_text("not an input")
+    video = d / "clip.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (256, 192))
+    assert w.isOpened()
+    for i in range(VIDEO_FRAMES):
+        w.write(np.ascontiguousarray(np.roll(t[1], 12 * i, axis=1)[32:224]))
+    w.release()
+    good = [d / "clip.avi", d / "generated.png", d / "sub" / "tile2.jpg", d / "tile0.jpg", d / "tile1.png"]
+    bad = [d / "broken.mp4", d / "corrupt.png", d / "truncated.png"]
+    return {"dir": d, "good": [str(p) for p in good], "bad": [str(p) for p in bad], "video": str(video)}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "afd_trt.cli", "detect", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n") or not data, "the journal must end with a complete line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def _key(rec: dict[str, Any]) -> tuple[str, int | None]:
+    return rec["path"], rec.get("frame")
+
+
+def _video_frames(path: str, every: int) -> dict[int, np.ndarray]:
+    cap = cv2.VideoCapture(path)
+    frames, i = {}, 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i % every == 0:
+            frames[i] = frame
+        i += 1
+    cap.release()
+    return frames
+
+
+def _assert_faces_equal(rec_faces: list[dict[str, Any]], api_faces: list[dict[str, np.ndarray]]) -> None:
+    assert len(rec_faces) == len(api_faces)
+    for rf, af in zip(rec_faces, api_faces, strict=True):
+        assert np.array_equal(np.array(rf["bbox"], np.float32), af["bbox"][:4])
+        assert np.float32(rf["score"]) == af["bbox"][4]
+        assert np.array_equal(np.array(rf["keypoints"], np.float32), af["keypoints"])
+
+
+def _assert_schema(rec: dict[str, Any]) -> None:
+    assert isinstance(rec["path"], str)
+    if "error" in rec:
+        assert "faces" not in rec
+        assert isinstance(rec["error"], str)
+        assert rec["error"]
+        return
+    assert isinstance(rec["width"], int)
+    assert isinstance(rec["height"], int)
+    if "frame" in rec:
+        assert isinstance(rec["frame"], int)
+        assert isinstance(rec["time"], float)
+    for face in rec["faces"]:
+        assert set(face) == {"bbox", "score", "keypoints"}
+        assert len(face["bbox"]) == 4
+        assert isinstance(face["score"], float)
+        assert np.array(face["keypoints"]).shape == (28, 3)
+
+
+MIN_SCORE, MIN_FACE_SIZE = 0.1, 560.0  # each drops some of the seeded weights' faces (boxes ~530-600 px)
+
+
+def _run_args(inputs: dict[str, Any], models: dict[str, Path], out: Path) -> list[str]:
+    return [
+        str(inputs["dir"]),
+        "-o", str(out / "faces.jsonl"),
+        "--every", str(VIDEO_EVERY),
+        "--min-score", str(MIN_SCORE),
+        "--min-face-size", str(MIN_FACE_SIZE),
+        "--crops", str(out / "crops"),
+        "--crop-size", "128",
+        "--draw", str(out / "drawn"),
+        "--batch-size", "1",
+        "--workers", "1",
+        *_model_args(models),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def main_run(
+    models: dict[str, Path], inputs: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("run")
+    t0 = time.perf_counter()
+    proc = _cli(*_run_args(inputs, models, out), "--log-level", "INFO")  # accepted after the subcommand too
+    return {"proc": proc, "out": out, "seconds": time.perf_counter() - t0}
+
+
+def _kept(faces: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Independent statement of --min-score / --min-face-size."""
+    return [
+        f
+        for f in faces
+        if float(f["bbox"][4]) >= MIN_SCORE
+        and min(float(f["bbox"][2] - f["bbox"][0]), float(f["bbox"][3] - f["bbox"][1])) >= MIN_FACE_SIZE
+    ]
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_jsonl_records_equal_the_python_api(
+    main_run: dict[str, Any], inputs: dict[str, Any], api: Any
+) -> None:
+    proc = main_run["proc"]
+    assert proc.returncode == 1, proc.stderr  # some inputs failed
+    assert "3 failed" in proc.stderr
+    records = _read_jsonl(main_run["out"] / "faces.jsonl")
+    for rec in records:
+        _assert_schema(rec)
+    keys = [_key(r) for r in records]
+    assert len(keys) == len(set(keys)), "an input recorded twice"
+    frames = _video_frames(inputs["video"], VIDEO_EVERY)
+    assert sorted(frames) == list(range(0, VIDEO_FRAMES, VIDEO_EVERY))
+    expected = {(p, None) for p in inputs["good"] if p != inputs["video"]}
+    expected |= {(inputs["video"], i) for i in frames}
+    expected |= {(p, None) for p in inputs["bad"]}
+    assert set(keys) == expected
+    by_key = {_key(r): r for r in records}
+    for p in inputs["bad"]:
+        assert "error" in by_key[p, None]
+    n_faces = 0
+    for p in inputs["good"]:
+        if p == inputs["video"]:
+            for i, frame in frames.items():
+                rec = by_key[p, i]
+                assert rec["time"] == pytest.approx(i / 10.0, abs=1e-3)
+                assert (rec["width"], rec["height"]) == (256, 192)
+                _assert_faces_equal(rec["faces"], _kept(api(frame)))
+                n_faces += len(rec["faces"])
+        else:
+            rec = by_key[p, None]
+            img = cv2.imread(p)
+            assert (rec["height"], rec["width"]) == img.shape[:2]
+            _assert_faces_equal(rec["faces"], _kept(api(p)))
+            n_faces += len(rec["faces"])
+    assert n_faces > 0, "the seeded weights should find faces"
+    assert f"{n_faces} faces" in proc.stderr
+
+
+def _marks(img: np.ndarray) -> int:
+    """Pixels in the drawing colours (green boxes, red/yellow dots), allowing for JPEG."""
+    b, g, r = (img[:, :, i].astype(int) for i in range(3))
+    return int(((b < 90) & (((g > 170) & (r < 90)) | ((r > 170) & (g < 90)) | ((r > 170) & (g > 170)))).sum())
+
+
+def test_crops_and_drawings(main_run: dict[str, Any], inputs: dict[str, Any]) -> None:
+    out = main_run["out"]
+    records = [r for r in _read_jsonl(out / "faces.jsonl") if "error" not in r]
+    want_crops = {crop_name(r["path"], i, r.get("frame")) for r in records for i in range(len(r["faces"]))}
+    assert {p.name for p in (out / "crops").iterdir()} == want_crops
+    for name in want_crops:
+        crop = cv2.imread(str(out / "crops" / name), cv2.IMREAD_UNCHANGED)
+        assert crop.shape == (128, 128, 3)
+    want_drawn = {f"{source_tag(r['path'], r.get('frame'))}.jpg": r for r in records}
+    assert {p.name for p in (out / "drawn").iterdir()} == set(want_drawn)
+    frames = _video_frames(inputs["video"], VIDEO_EVERY)
+    for name, rec in want_drawn.items():
+        drawn = cv2.imread(str(out / "drawn" / name))
+        assert drawn.shape == (rec["height"], rec["width"], 3)
+        source = frames[rec["frame"]] if "frame" in rec else cv2.imread(rec["path"])
+        inside = [
+            k
+            for f in rec["faces"]
+            for k in f["keypoints"]
+            if 2 <= k[0] < rec["width"] - 2 and 2 <= k[1] < rec["height"] - 2
+        ]
+        if inside:  # landmarks drawn
+            assert _marks(drawn) > _marks(source) + 10
+        else:
+            assert np.abs(drawn.astype(int) - source).mean() < 3  # only JPEG noise
+
+
+def test_rerun_skips_done_inputs_and_writes_coco(
+    main_run: dict[str, Any], inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
+) -> None:
+    journal = tmp_path / "journal.jsonl"
+    shutil.copy(main_run["out"] / "faces.jsonl", journal)
+    before = journal.read_bytes()
+    proc = _cli(
+        str(inputs["dir"]), "-o", str(tmp_path / "coco.json"), "--format", "coco", "--journal", str(journal),
+        "--every", str(VIDEO_EVERY), "--quiet", *_model_args(models),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr  # failures recorded earlier still count
+    assert journal.read_bytes() == before, "a re-run must not process or record anything again"
+    records = _read_jsonl(journal)
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    good = [r for r in records if "error" not in r]
+    assert [im["file_name"] for im in coco["images"]] == [r["path"] for r in good]
+    assert [im.get("frame") for im in coco["images"]] == [r.get("frame") for r in good]
+    assert sorted(e["path"] for e in coco["errors"]) == sorted(inputs["bad"])
+    faces = [f for r in good for f in r["faces"]]
+    assert len(coco["annotations"]) == len(faces)
+    image_of = {im["id"]: im for im in coco["images"]}
+    for ann, face in zip(coco["annotations"], faces, strict=True):
+        x0, y0, x1, y1 = face["bbox"]
+        assert ann["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+        assert ann["score"] == face["score"]
+        assert ann["num_keypoints"] == 28
+        kp = np.array(ann["keypoints"]).reshape(28, 3)
+        assert kp[:, :2].tolist() == [k[:2] for k in face["keypoints"]]
+        assert ann["image_id"] in image_of
+    assert len(coco["categories"][0]["keypoints"]) == 28
+
+
+def test_killed_run_resumes_with_each_input_once(
+    main_run: dict[str, Any], inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """SIGKILL midway, a torn last line on top, then a re-run: the journal, crops and drawings
+    equal those of the uninterrupted run, each input recorded once."""
+    out = tmp_path
+    journal = out / "faces.jsonl"
+    args = [*_run_args(inputs, models, out), "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afd_trt.cli", "detect", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            # past the first video frame, before the end
+            if journal.exists() and journal.read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = _read_jsonl(journal)  # a valid file: complete lines only
+    reference = main_run["out"] / "faces.jsonl"
+    n_all = len(_read_jsonl(reference))
+    assert 3 <= len(partial) < n_all
+    with journal.open("ab") as f:  # what a power cut mid-write could leave
+        f.write(b'{"path": "' + inputs["good"][-1].encode() + b'", "width": 16')
+    done = _cli(*args)
+    assert done.returncode == 1, done.stderr  # the corrupt inputs
+    assert "incomplete last line" in done.stderr
+    assert f"{len(partial)} already done" in done.stderr
+    records = _read_jsonl(journal)
+    assert len(records) == n_all
+    assert len({_key(r) for r in records}) == n_all  # each input exactly once
+    assert journal.read_bytes() == reference.read_bytes()  # same records, same order
+    for sub in ("crops", "drawn"):
+        names = sorted(p.name for p in (main_run["out"] / sub).iterdir())
+        assert sorted(p.name for p in (out / sub).iterdir()) == names
+        for name in names:
+            assert (out / sub / name).read_bytes() == (main_run["out"] / sub / name).read_bytes()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    bad_every = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--every", "0")
+    assert bad_every.returncode == 2
+    assert "positive integer" in bad_every.stderr
+    assert _cli("x.png").returncode == 2  # no -o
+    no_model = _cli(
+        "x.png", "-o", str(tmp_path / "o.jsonl"), "--device", "cpu",
+        "--face-detector-checkpoint", str(tmp_path / "missing.pth"),
+    )  # fmt: skip
+    assert no_model.returncode == 2, no_model.stderr
+    assert "cannot load the models" in no_model.stderr

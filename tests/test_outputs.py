@@ -1,0 +1,269 @@
+"""detect outputs without models: records, COCO, keypoint names, the journal, input expansion,
+video work items, drawings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from afd_trt.config import load_config
+from afd_trt.detect_job import InputSpec, Journal, expand_inputs, iter_work
+from afd_trt.draw import draw_faces
+from afd_trt.outputs import (
+    FLIP_PAIRS,
+    KEYPOINT_NAMES,
+    SKELETON,
+    coco_from_records,
+    error_record,
+    face_record,
+    filter_faces,
+    image_record,
+    record_key,
+    write_bytes_atomic,
+)
+
+
+def _face(rng: np.random.Generator, score: float = 0.9, size: float = 50.0) -> dict[str, np.ndarray]:
+    x0, y0 = rng.uniform(0, 100, size=2)
+    bbox = np.array([x0, y0, x0 + size, y0 + size * 0.8, score], np.float32)
+    kp = np.concatenate([rng.uniform(0, 200, (28, 2)), rng.uniform(0, 1, (28, 1))], axis=1).astype(np.float32)
+    return {"bbox": bbox, "keypoints": kp}
+
+
+# -- keypoints ---------------------------------------------------------------------------------
+
+
+def test_keypoint_names_and_flip_pairs() -> None:
+    assert len(KEYPOINT_NAMES) == 28
+    assert len(set(KEYPOINT_NAMES)) == 28
+    cfg = load_config("hrnetv2")
+    assert tuple(tuple(p) for p in cfg.flip_pairs) == FLIP_PAIRS  # type: ignore[attr-defined]
+    paired = {i for p in FLIP_PAIRS for i in p}
+    swap = {"left": "right", "right": "left"}
+    for a, b in FLIP_PAIRS:
+        mirrored = "_".join(swap.get(w, w) for w in KEYPOINT_NAMES[a].split("_"))
+        assert mirrored == KEYPOINT_NAMES[b]
+    for i in set(range(28)) - paired:
+        assert "left" not in KEYPOINT_NAMES[i]
+        assert "right" not in KEYPOINT_NAMES[i]
+    assert all(0 <= a < 28 and 0 <= b < 28 for a, b in SKELETON)
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+def test_face_record_round_trips_float32() -> None:
+    face = _face(np.random.default_rng(0))
+    rec = json.loads(json.dumps(face_record(face)))
+    assert np.array_equal(np.array(rec["bbox"], np.float32), face["bbox"][:4])
+    assert np.float32(rec["score"]) == face["bbox"][4]
+    assert np.array_equal(np.array(rec["keypoints"], np.float32), face["keypoints"])
+
+
+def test_image_and_error_records() -> None:
+    rng = np.random.default_rng(1)
+    rec = image_record("a.png", [_face(rng)], width=640, height=480)
+    assert list(rec) == ["path", "width", "height", "faces"]
+    vid = image_record("v.mp4", [], width=64, height=48, frame=10, time=1 / 3)
+    assert vid["frame"] == 10
+    assert vid["time"] == pytest.approx(1 / 3, abs=1e-6)
+    assert record_key(vid) == ("v.mp4", 10)
+    err = error_record("b.png", "broken")
+    assert err == {"path": "b.png", "error": "broken"}
+    assert record_key(err) == ("b.png", None)
+
+
+@pytest.mark.parametrize("delta", [-1e-4, 1e-4])
+def test_filter_faces_thresholds(delta: float) -> None:
+    rng = np.random.default_rng(2)
+    face = _face(rng, score=0.5, size=40.0)  # shorter side 32
+    short = float(min(face["bbox"][2] - face["bbox"][0], face["bbox"][3] - face["bbox"][1]))
+    kept_score = filter_faces([face], min_score=0.5 + delta)
+    kept_size = filter_faces([face], min_face_size=short + delta)
+    assert len(kept_score) == (1 if delta < 0 else 0)
+    assert len(kept_size) == (1 if delta < 0 else 0)
+
+
+def test_coco_schema() -> None:
+    rng = np.random.default_rng(3)
+    faces_a = [_face(rng), _face(rng)]
+    faces_v = [_face(rng)]
+    records = [
+        json.loads(json.dumps(r))
+        for r in (
+            image_record("a.png", faces_a, 640, 480),
+            error_record("bad.png", "corrupt"),
+            image_record("v.mp4", faces_v, 64, 48, frame=4, time=0.4),
+            image_record("empty.png", [], 10, 10),
+        )
+    ]
+    coco = coco_from_records(records)
+    assert [im["id"] for im in coco["images"]] == [1, 2, 3]
+    assert [im["file_name"] for im in coco["images"]] == ["a.png", "v.mp4", "empty.png"]
+    assert coco["images"][1]["frame"] == 4
+    assert coco["errors"] == [{"path": "bad.png", "error": "corrupt"}]
+    anns = coco["annotations"]
+    assert [a["id"] for a in anns] == [1, 2, 3]
+    assert [a["image_id"] for a in anns] == [1, 1, 2]
+    for ann, face in zip(anns, faces_a + faces_v, strict=True):
+        x0, y0, x1, y1, score = face["bbox"].astype(np.float64)
+        np.testing.assert_allclose(ann["bbox"], [x0, y0, x1 - x0, y1 - y0], rtol=1e-12)
+        assert ann["area"] == pytest.approx((x1 - x0) * (y1 - y0))
+        assert ann["score"] == pytest.approx(score)
+        kp = np.array(ann["keypoints"]).reshape(28, 3)
+        np.testing.assert_array_equal(kp[:, :2], face["keypoints"][:, :2].astype(np.float64))
+        assert (kp[:, 2] == 2).all()
+        np.testing.assert_array_equal(ann["keypoint_scores"], face["keypoints"][:, 2].astype(np.float64))
+        assert ann["num_keypoints"] == 28
+        assert ann["category_id"] == 1
+        assert ann["iscrowd"] == 0
+    (cat,) = coco["categories"]
+    assert cat["keypoints"] == list(KEYPOINT_NAMES)
+    assert cat["flip_pairs"] == [list(p) for p in FLIP_PAIRS]
+    assert all(1 <= a <= 28 and 1 <= b <= 28 for a, b in cat["skeleton"])
+    json.dumps(coco)  # serialisable
+
+
+# -- journal -----------------------------------------------------------------------------------
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_journal_append_and_resume(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    j = Journal(p)
+    j.append(image_record("a.png", [], 1, 1))
+    j.append(error_record("b.png", "bad"))
+    j.close()
+    j2 = Journal(p)
+    assert j2.done == {("a.png", None), ("b.png", None)}
+    assert j2.loaded == 2
+    assert j2.loaded_errors == 1
+    j2.append(image_record("v.mp4", [], 1, 1, frame=3, time=0.1))
+    j2.close()
+    assert [record_key(r) for r in _lines(p)] == [("a.png", None), ("b.png", None), ("v.mp4", 3)]
+    assert [record_key(r) for r in Journal(p).records()] == [("a.png", None), ("b.png", None), ("v.mp4", 3)]
+
+
+def test_journal_cuts_a_torn_last_line(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    good = json.dumps(image_record("a.png", [], 1, 1)) + "\n"
+    p.write_text(good + '{"path": "b.png", "wid')
+    j = Journal(p)
+    assert j.done == {("a.png", None)}
+    j.append(image_record("b.png", [], 2, 2))
+    j.close()
+    assert [r["path"] for r in _lines(p)] == ["a.png", "b.png"]
+
+
+def test_journal_drops_garbage_duplicates_and_retried_errors(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    recs = [image_record("a.png", [], 1, 1), error_record("b.png", "bad"), image_record("a.png", [], 1, 1)]
+    p.write_text(
+        "\n".join([json.dumps(recs[0]), "not json", json.dumps(recs[1]), json.dumps(recs[2])]) + "\n"
+    )
+    j = Journal(p, retry_errors=True)
+    j.close()
+    assert j.done == {("a.png", None)}
+    assert _lines(p) == [recs[0]]
+    Journal(p, overwrite=True).close()
+    assert p.read_bytes() == b""
+
+
+def test_journal_refuses_a_second_writer(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    j = Journal(p)
+    with pytest.raises(RuntimeError, match="in use by another"):
+        Journal(p)
+    j.close()
+    Journal(p).close()
+
+
+def test_write_bytes_atomic_leaves_no_temporaries(tmp_path: Path) -> None:
+    p = tmp_path / "sub" / "x.bin"
+    write_bytes_atomic(p, b"one")
+    write_bytes_atomic(p, b"two", fsync=False)
+    assert p.read_bytes() == b"two"
+    assert os.listdir(p.parent) == ["x.bin"]
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+def test_expand_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ["d/b.png", "d/a.JPG", "d/sub/c.webp", "d/notes.txt", "d/v.mp4", "e/x.png", "e/y.png"]:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_bytes(b"")
+    Path("list.txt").write_text("# comment\n\ne/x.png\ne/*.png\nd/b.png\n")
+    specs = expand_inputs(["d", "@list.txt", "./d/b.png", "e/nothing*.png", "missing.png"])
+    assert specs == [
+        InputSpec("d/a.JPG", "image"),
+        InputSpec("d/b.png", "image"),
+        InputSpec("d/sub/c.webp", "image"),
+        InputSpec("d/v.mp4", "video"),
+        InputSpec("e/x.png", "image"),
+        InputSpec("e/y.png", "image"),
+        InputSpec("e/nothing*.png", "missing"),
+        InputSpec("missing.png", "missing"),
+    ]
+
+
+def _write_video(path: Path, n: int, fps: float = 10.0) -> list[np.ndarray]:
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    assert w.isOpened()
+    frames = [np.full((48, 64, 3), 20 * i, np.uint8) for i in range(n)]
+    for f in frames:
+        w.write(f)
+    w.release()
+    return frames
+
+
+def test_video_work_items(tmp_path: Path) -> None:
+    video = tmp_path / "v.avi"
+    _write_video(video, 7)
+    specs = [InputSpec(str(video), "video")]
+    items = list(iter_work(specs, set(), every=3))
+    assert [it.frame for it in items] == [0, 3, 6]
+    assert [it.time for it in items] == pytest.approx([0.0, 0.3, 0.6])
+    assert all(it.image is not None and it.image.shape == (48, 64, 3) for it in items)
+    assert [round(float(it.image.mean())) for it in items] == pytest.approx([0, 60, 120], abs=3)  # type: ignore[union-attr]
+    resumed = list(iter_work(specs, {(str(video), 0), (str(video), 6)}, every=3))
+    assert [it.frame for it in resumed] == [3]
+
+
+def test_unreadable_video_is_one_error_item(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    items = list(iter_work([InputSpec(str(bad), "video"), InputSpec("gone.png", "missing")], set()))
+    assert [(it.path, it.frame) for it in items] == [(str(bad), None), ("gone.png", None)]
+    assert all(it.error for it in items)
+    assert list(iter_work([InputSpec(str(bad), "video")], {(str(bad), None)})) == []
+
+
+# -- drawing -----------------------------------------------------------------------------------
+
+
+def test_draw_faces() -> None:
+    img = np.full((120, 160, 3), 30, np.uint8)
+    kp = np.zeros((28, 3), np.float32)
+    kp[:, 0], kp[:, 1], kp[:, 2] = np.linspace(40, 120, 28), 60, np.linspace(0, 1, 28)
+    face = {"bbox": np.array([20, 20, 140, 100, 0.8], np.float32), "keypoints": kp}
+    out = draw_faces(img, [face], landmark_threshold=0.5)
+    assert out.shape == img.shape
+    assert out.dtype == np.uint8
+    assert (img == 30).all()  # input untouched
+    assert out[60, 20].tolist() == [0, 255, 0]  # box edge
+    assert out[60, 120].tolist() == [0, 0, 255]  # confident landmark
+    assert out[60, 40].tolist() == [0, 255, 255]  # low-score landmark
+    far = {"bbox": np.array([-1e12, 0, 1e12, 5, 1], np.float32), "keypoints": kp * 1e9}
+    draw_faces(img, [far])  # absurd coordinates are clipped, not an OpenCV error
+    with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\)"):
+        draw_faces(img.astype(np.float32), [face])
