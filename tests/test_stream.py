@@ -202,3 +202,30 @@ def test_out_of_memory_on_one_image_is_that_image_error(
     assert not got[worst].ok
     assert "out of memory" in str(got[worst].error).lower()
     assert all(r.ok for i, r in enumerate(got) if counts[i] < max(counts))
+
+
+def test_memory_stays_flat_over_10000_images(seeded_weights: Callable[[int], Weights]) -> None:
+    """The stream holds a bounded window: 10,000 distinct 64x64 inputs (120 MB if all were kept)
+    go through with a traced peak of a few MB. Empty box lists keep the networks out of it."""
+    import tracemalloc
+
+    w = seeded_weights(0)
+    det = afd_trt.Detector(None, landmark_checkpoint=w["hrnetv2"]["pth"], device="cpu")
+    n = 10_000
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in range(n):
+            yield np.full((64, 64, 3), i % 251, np.uint8)
+
+    tracemalloc.start()
+    try:
+        done = 0
+        for r in det.stream(frames(), boxes=itertools.repeat([]), batch_size=16, workers=2):
+            assert r.ok and r.faces == []
+            assert r.index == done
+            done += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert done == n
+    assert peak < 8 * 2**20, f"peak traced memory {peak / 2**20:.1f} MiB"
