@@ -68,6 +68,7 @@ assert len(SAFE_LOGITS) >= 12
 assert len(SAFE_DIFFS) >= 8
 EXTREME = [-3.0e38, -1.0e30, -1.0e6, 1.0e6, 1.0e30, 3.0e38]
 
+
 def f32s(lo: float, hi: float) -> st.SearchStrategy[float]:
     """Finite float32 values in [lo, hi] (bounds rounded to float32)."""
     return st.floats(float(F32(lo)), float(F32(hi)), width=32, allow_nan=False, allow_infinity=False)
@@ -137,8 +138,8 @@ def pairwise_ious(boxes: np.ndarray) -> list[float]:
 def nms_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, float]:
     boxes = draw(box_sets())
     n = boxes.shape[0]
-    score_elem = st.sampled_from([0.0, 0.25, 0.5, 1.0]) | f32s(-1e6, 1e6) | st.sampled_from(
-        [-math.inf, math.inf]
+    score_elem = (
+        st.sampled_from([0.0, 0.25, 0.5, 1.0]) | f32s(-1e6, 1e6) | st.sampled_from([-math.inf, math.inf])
     )
     scores = draw(f32_arrays((n,), score_elem))
     present = pairwise_ious(boxes)
@@ -164,7 +165,9 @@ def test_nms_matches_reference(case: tuple[np.ndarray, np.ndarray, float]) -> No
 
 @props(200)
 @given(nms_cases(), st.data())
-def test_batched_nms_matches_reference(case: tuple[np.ndarray, np.ndarray, float], data: st.DataObject) -> None:
+def test_batched_nms_matches_reference(
+    case: tuple[np.ndarray, np.ndarray, float], data: st.DataObject
+) -> None:
     boxes, scores, thr = case
     idxs = data.draw(hnp.arrays(np.int64, boxes.shape[0], elements=st.integers(-3, 3)))
     keep = ops.nms(boxes, scores, thr, idxs)
@@ -243,7 +246,9 @@ def rpn_cases(draw: st.DrawFn) -> dict[str, Any]:
         cls_scores.append(draw(f32_arrays((a, h, w), st.sampled_from(SAFE_LOGITS))))
         bbox_preds.append(draw(f32_arrays((a * 4, h, w), delta)))
         counts.append(a * h * w)
-    nms_pre = draw(st.integers(1, max(counts) + 2) | st.sampled_from([max(1, max(counts) - 1), max(1, max(counts))]))
+    nms_pre = draw(
+        st.integers(1, max(counts) + 2) | st.sampled_from([max(1, max(counts) - 1), max(1, max(counts))])
+    )
     stds = draw(st.sampled_from([[1.0, 1.0, 1.0, 1.0], [0.1, 0.1, 0.2, 0.2]]))
     return {
         "cls_scores": cls_scores,
@@ -349,7 +354,9 @@ def test_roi_align_matches_reference(kw: dict[str, Any]) -> None:
 @props(40)
 @given(st.sampled_from([*EXTREME, math.inf, -math.inf, math.nan]), st.integers(0, 3), st.integers(1, 3),
        st.booleans(), st.integers(1, 3))  # fmt: skip
-def test_roi_align_far_away_rois_pool_zeros(far: float, which: int, sampling_ratio: int, aligned: bool, c: int) -> None:
+def test_roi_align_far_away_rois_pool_zeros(
+    far: float, which: int, sampling_ratio: int, aligned: bool, c: int
+) -> None:
     """RoIs with a corner at an extreme or non-finite coordinate (the others far away on the same
     side) sample nothing on the map, or a NaN grid: zeros."""
     roi = np.array([[far if j == which else 1e6 * np.sign(far or 1.0) for j in range(4)]], F32)
@@ -428,7 +435,12 @@ def warp_cases(draw: st.DrawFn) -> dict[str, Any]:
     n = draw(st.integers(0, 3))
     mats = np.ascontiguousarray(np.stack([draw(affines()) for _ in range(n)]) if n else np.zeros((0, 2, 3)))
     out_size = (draw(st.sampled_from([1, 15, 16, 17, 33]) | st.integers(1, 20)), draw(st.integers(1, 12)))
-    return {"image": image, "matrices": mats, "out_size": out_size, "mode": draw(st.sampled_from(["opencv5", "opencv4"]))}
+    return {
+        "image": image,
+        "matrices": mats,
+        "out_size": out_size,
+        "mode": draw(st.sampled_from(["opencv5", "opencv4"])),
+    }
 
 
 @props(100)
@@ -641,39 +653,83 @@ def _valid_rcnn() -> dict[str, Any]:
 
 
 # Per op: argument -> invalid values (arrays get _bad_arrays on top).
-DETECTION_INVALID: dict[str, tuple[Callable[..., object], Callable[[], dict[str, Any]], dict[str, list[object]]]] = {
-    "yolo": (ops.yolo_postprocess, _valid_yolo, {
-        "pred_maps": [[], np.zeros((6, 2, 2), F32), [np.zeros((7, 2, 2), F32)] * 2, [np.zeros((12, 2, 2), F32)] * 2,
-                      [np.zeros((6, 2), F32)] * 2, [np.zeros((6, 2, 2), np.float64)] * 2, "maps", None],
-        "strides": [[32], [0, 16], [-8, 16], [32, 16, 8], ["a", "b"], None],
-        "base_sizes": [np.full((1, 1, 2), 10.0, F32), np.full((2, 0, 2), 10.0, F32), np.full((2, 1, 3), 10.0, F32),
-                       np.full((2, 1, 2), np.nan, F32), np.zeros((2, 1, 2), F32), np.full((2, 1, 2), -10.0, F32),
-                       np.full((2, 1, 2), np.inf, F32)],
-        "scale_factor": [np.zeros(4, F32), -np.ones(4, F32), np.full(4, np.nan, F32), np.full(4, np.inf, F32),
-                         np.ones(3, F32)],
-        "conf_thr": [-1.0, *NONFINITE], "score_thr": [-0.5, *NONFINITE], "nms_iou": [-0.1, 1.1, math.nan],
-        "max_per_img": [0, -1, 2**70, 1.5],
-    }),
-    "rpn": (ops.rpn_proposals, _valid_rpn, {
-        "cls_scores": [[], [np.zeros((2, 2, 2), F32)], [np.zeros((1, 2), F32)], np.zeros((1, 2, 2), F32)],
-        "bbox_preds": [[], [np.zeros((4, 3, 2), F32)], [np.zeros((3, 2, 2), F32)], [np.zeros((4, 2, 2), F32)] * 2],
-        "strides": [[], [0], [-4], [4, 8]],
-        "ratios": [[], [0.0], [-1.0], [math.nan], [math.inf], [1.0, 2.0]],
-        "scales": [[], [0.0], [math.nan]],
-        "img_shape": [(0, 16), (16, -1), (16,), (1, 2, 3)],
-        "nms_pre": [0, -5], "nms_iou": [-1.0, 2.0, math.nan], "max_per_img": [0, -3],
-        "min_bbox_size": NONFINITE,
-        "target_means": [[0.0] * 3, [math.nan, 0, 0, 0]],
-        "target_stds": [[1.0] * 5, [0.0, 1, 1, 1], [-1.0, 1, 1, 1], [math.inf, 1, 1, 1]],
-    }),
-    "rcnn": (ops.rcnn_postprocess, _valid_rcnn, {
-        "cls_score": [np.zeros((2, 3), F32), np.zeros((3, 2), F32)],
-        "bbox_pred": [np.zeros((2, 8), F32), np.zeros((1, 4), F32)],
-        "img_shape": [(0, 0), (-16, 16)],
-        "scale_factor": [np.zeros(4, F32), np.full(4, np.nan, F32)],
-        "target_stds": [[0.0, 1, 1, 1], [math.nan, 1, 1, 1]],
-        "score_thr": [-0.1, *NONFINITE], "nms_iou": [1.5, math.nan], "max_per_img": [0, -1],
-    }),
+DETECTION_INVALID: dict[
+    str, tuple[Callable[..., object], Callable[[], dict[str, Any]], dict[str, list[object]]]
+] = {
+    "yolo": (
+        ops.yolo_postprocess,
+        _valid_yolo,
+        {
+            "pred_maps": [
+                [],
+                np.zeros((6, 2, 2), F32),
+                [np.zeros((7, 2, 2), F32)] * 2,
+                [np.zeros((12, 2, 2), F32)] * 2,
+                [np.zeros((6, 2), F32)] * 2,
+                [np.zeros((6, 2, 2), np.float64)] * 2,
+                "maps",
+                None,
+            ],
+            "strides": [[32], [0, 16], [-8, 16], [32, 16, 8], ["a", "b"], None],
+            "base_sizes": [
+                np.full((1, 1, 2), 10.0, F32),
+                np.full((2, 0, 2), 10.0, F32),
+                np.full((2, 1, 3), 10.0, F32),
+                np.full((2, 1, 2), np.nan, F32),
+                np.zeros((2, 1, 2), F32),
+                np.full((2, 1, 2), -10.0, F32),
+                np.full((2, 1, 2), np.inf, F32),
+            ],
+            "scale_factor": [
+                np.zeros(4, F32),
+                -np.ones(4, F32),
+                np.full(4, np.nan, F32),
+                np.full(4, np.inf, F32),
+                np.ones(3, F32),
+            ],
+            "conf_thr": [-1.0, *NONFINITE],
+            "score_thr": [-0.5, *NONFINITE],
+            "nms_iou": [-0.1, 1.1, math.nan],
+            "max_per_img": [0, -1, 2**70, 1.5],
+        },
+    ),
+    "rpn": (
+        ops.rpn_proposals,
+        _valid_rpn,
+        {
+            "cls_scores": [[], [np.zeros((2, 2, 2), F32)], [np.zeros((1, 2), F32)], np.zeros((1, 2, 2), F32)],
+            "bbox_preds": [
+                [],
+                [np.zeros((4, 3, 2), F32)],
+                [np.zeros((3, 2, 2), F32)],
+                [np.zeros((4, 2, 2), F32)] * 2,
+            ],
+            "strides": [[], [0], [-4], [4, 8]],
+            "ratios": [[], [0.0], [-1.0], [math.nan], [math.inf], [1.0, 2.0]],
+            "scales": [[], [0.0], [math.nan]],
+            "img_shape": [(0, 16), (16, -1), (16,), (1, 2, 3)],
+            "nms_pre": [0, -5],
+            "nms_iou": [-1.0, 2.0, math.nan],
+            "max_per_img": [0, -3],
+            "min_bbox_size": NONFINITE,
+            "target_means": [[0.0] * 3, [math.nan, 0, 0, 0]],
+            "target_stds": [[1.0] * 5, [0.0, 1, 1, 1], [-1.0, 1, 1, 1], [math.inf, 1, 1, 1]],
+        },
+    ),
+    "rcnn": (
+        ops.rcnn_postprocess,
+        _valid_rcnn,
+        {
+            "cls_score": [np.zeros((2, 3), F32), np.zeros((3, 2), F32)],
+            "bbox_pred": [np.zeros((2, 8), F32), np.zeros((1, 4), F32)],
+            "img_shape": [(0, 0), (-16, 16)],
+            "scale_factor": [np.zeros(4, F32), np.full(4, np.nan, F32)],
+            "target_stds": [[0.0, 1, 1, 1], [math.nan, 1, 1, 1]],
+            "score_thr": [-0.1, *NONFINITE],
+            "nms_iou": [1.5, math.nan],
+            "max_per_img": [0, -1],
+        },
+    ),
 }
 
 
@@ -682,7 +738,9 @@ DETECTION_INVALID: dict[str, tuple[Callable[..., object], Callable[[], dict[str,
 def test_detection_post_rejects_invalid_inputs(op_name: str, data: st.DataObject) -> None:
     call, valid, table = DETECTION_INVALID[op_name]
     good = valid()
-    arg = data.draw(st.sampled_from(sorted({*table, *(k for k, v in good.items() if isinstance(v, np.ndarray))})))
+    arg = data.draw(
+        st.sampled_from(sorted({*table, *(k for k, v in good.items() if isinstance(v, np.ndarray))}))
+    )
     bad = list(table.get(arg, []))
     if isinstance(good[arg], np.ndarray):
         bad += _bad_arrays(good[arg])
@@ -699,7 +757,11 @@ def _valid_roi() -> dict[str, Any]:
 def test_roi_align_rejects_invalid_inputs(data: st.DataObject) -> None:
     good = _valid_roi()
     table: dict[str, list[object]] = {
-        "feature": [*_bad_arrays(good["feature"], last_fixed=False), np.zeros((2, 0, 4), F32), np.zeros((2, 4, 0), F32)],
+        "feature": [
+            *_bad_arrays(good["feature"], last_fixed=False),
+            np.zeros((2, 0, 4), F32),
+            np.zeros((2, 4, 0), F32),
+        ],
         "rois": [*_bad_arrays(good["rois"]), np.zeros((1, 5), F32)],
         "spatial_scale": [0.0, -1.0, *NONFINITE],
         "output_size": [0, -1, -(2**40), 1025, 2**40, 2**70],
@@ -742,7 +804,13 @@ def test_multilevel_roi_align_rejects_invalid_inputs(data: st.DataObject) -> Non
 def test_warp_rejects_invalid_inputs(data: st.DataObject, normalised: bool) -> None:
     image = np.zeros((4, 5, 3), np.uint8)
     mats = np.array([[[1.0, 0, 0], [0, 1.0, 0]]])
-    good: dict[str, Any] = {"image": image, "matrices": mats, "out_size": (8, 8), "mode": "opencv5", "threads": 0}
+    good: dict[str, Any] = {
+        "image": image,
+        "matrices": mats,
+        "out_size": (8, 8),
+        "mode": "opencv5",
+        "threads": 0,
+    }
     if normalised:
         good |= {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     table: dict[str, list[object]] = {
@@ -793,7 +861,9 @@ def test_heatmap_ops_reject_invalid_inputs(data: st.DataObject, decode: bool) ->
 
 def test_decode_pairs_without_flipped_is_an_error() -> None:
     hm = np.zeros((1, 2, 5, 5), F32)
-    assert_rejected(lambda: ops.decode_heatmaps(hm, np.zeros((1, 2), F32), np.ones((1, 2), F32), flip_pairs=[(0, 1)]))
+    assert_rejected(
+        lambda: ops.decode_heatmaps(hm, np.zeros((1, 2), F32), np.ones((1, 2), F32), flip_pairs=[(0, 1)])
+    )
 
 
 def test_safe_logits_cover_ties_and_both_signs() -> None:

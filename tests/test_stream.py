@@ -221,7 +221,8 @@ def test_memory_stays_flat_over_10000_images(seeded_weights: Callable[[int], Wei
     try:
         done = 0
         for r in det.stream(frames(), boxes=itertools.repeat([]), batch_size=16, workers=2):
-            assert r.ok and r.faces == []
+            assert r.ok
+            assert r.faces == []
             assert r.index == done
             done += 1
         _, peak = tracemalloc.get_traced_memory()
