@@ -181,8 +181,9 @@ def _input_name(item: object, index: int | None) -> str:
 
 
 def _named(e: Exception, name: str) -> Exception:
-    """``e``, or an exception of its type whose message starts with ``name`` (cause: ``e``)."""
-    if str(e).startswith(f"{name}:"):
+    """``e`` when its message already names the input, else an exception of its type whose
+    message starts with ``name`` (cause: ``e``)."""
+    if f"{name}:" in str(e):
         return e
     try:
         new = type(e)(f"{name}: {e}")
@@ -461,8 +462,9 @@ class Detector:
                 img, prep, b = job.result()
                 loaded.append((index, source, b, img, prep))
             except Exception as e:  # any failure is this input's, reported as its result
-                logger.warning("%s", e)
-                failed[index] = StreamResult(index, source, error=e)
+                err = _named(e, _input_name(source, index))
+                logger.warning("%s", err)
+                failed[index] = StreamResult(index, source, error=err)
         done: dict[int, list[Face]] = {}
         errors: dict[int, Exception] = {}
         if loaded:
