@@ -187,6 +187,8 @@ def test_input_errors(image: object, mats: object, match: str) -> None:
         ({"mean": (0.1, 0.2)}, r"mean must have shape \(3,\)"),
         ({"std": (0.1, 0.0, 0.2)}, r"std\[1\] must be finite and non-zero, got 0"),
         ({"mean": (0.1, np.nan, 0.2)}, r"mean\[1\] must be finite"),
+        ({"mean": (0.1, 1e300, 0.2)}, r"mean: values beyond float32's range: \[0.1, 1e\+300, 0.2\]"),
+        ({"std": np.array([1.0, -1e39, 1.0])}, r"std: values beyond float32's range"),
     ],
 )
 def test_argument_errors(kwargs: dict[str, object], match: str) -> None:

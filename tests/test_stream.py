@@ -230,3 +230,35 @@ def test_memory_stays_flat_over_10000_images(seeded_weights: Callable[[int], Wei
         tracemalloc.stop()
     assert done == n
     assert peak < 8 * 2**20, f"peak traced memory {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.needs_cuda
+def test_real_cuda_out_of_memory_splits(seeded_weights: Callable[[int], Weights]) -> None:
+    """On a real GPU: cap the caching allocator between what one image and what the whole batch
+    needs; the batch must split (oom_splits > 0) and still give every image's faces."""
+    w = seeded_weights(0)
+    det = afd_trt.Detector("yolov3", w["yolov3"]["pth"], w["hrnetv2"]["pth"], device="cuda:0")
+    imgs = [tadne_crop(512 * (i % 6), 512 * (i // 6), 512, 512, (640, 640)) for i in range(16)]
+    dev = det.device
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    det(imgs[0])
+    one = torch.cuda.max_memory_allocated(dev) - base
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(dev)
+    expected = det.detect_batch(imgs, batch_size=16)
+    full = torch.cuda.max_memory_allocated(dev) - base
+    assert full > 2 * one, (one, full)
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(dev).total_memory
+    torch.cuda.set_per_process_memory_fraction((base + (one + full) / 2) / total, dev)
+    try:
+        got = det.detect_batch(imgs, batch_size=16)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, dev)
+    assert det.oom_splits > 0
+    for a, b in zip(got, expected, strict=True):
+        assert len(a) == len(b)
+        for fa, fb in zip(a, b, strict=True):
+            np.testing.assert_allclose(fa["bbox"], fb["bbox"], atol=1e-2)
