@@ -99,6 +99,12 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         "--backend", default="torch", help="network runner (torch, torchscript, onnxruntime, tensorrt, auto)"
     )
     g.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32 (default, upstream's numbers); opt-in bf16 (CPU with AVX512-BF16/AMX, CUDA) or fp16 (CUDA)",
+    )
+    g.add_argument(
         "--no-flip", action="store_true", help="disable the flip test (faster, slightly less accurate)"
     )
     g.add_argument(
@@ -129,7 +135,38 @@ def _make_detector(args: argparse.Namespace) -> Any:
         backend=args.backend,
         face_detector_config=getattr(args, "face_detector_config", None),
         landmark_config=getattr(args, "landmark_config", None),
+        precision=getattr(args, "precision", "fp32"),
     )
+
+
+def _result_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The options that change what a detect run records, kept beside its journal so that a
+    resumed run cannot silently mix results made with other settings."""
+
+    def path(p: Path | None) -> str | None:
+        return None if p is None else str(Path(p).resolve())
+
+    return {
+        "face_detector": args.face_detector,
+        "face_detector_checkpoint": path(args.face_detector_checkpoint),
+        "landmark_checkpoint": path(args.landmark_checkpoint),
+        "face_detector_config": path(args.face_detector_config),
+        "landmark_config": path(args.landmark_config),
+        "precision": args.precision,
+        "flip_test": not args.no_flip,
+        "box_scale_factor": args.box_scale_factor,
+        "min_score": args.min_score,
+        "min_face_size": args.min_face_size,
+        "every": args.every,
+        "crops": path(args.crops),
+        "crop_mode": args.crop_mode,
+        "crop_size": args.crop_size,
+        "crop_scale": args.crop_scale,
+        "crop_margin": args.crop_margin,
+        "crop_border": args.crop_border,
+        "crop_ext": args.crop_ext,
+        "draw": path(args.draw),
+    }
 
 
 def _positive_int(text: str) -> int:
@@ -252,7 +289,7 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from .detect_job import DetectOptions, run_detect_job
+    from .detect_job import DetectOptions, SettingsMismatchError, check_run_settings, run_detect_job
 
     if args.crop_scale <= 0 or args.crop_margin <= 0:
         logger.error("--crop-scale and --crop-margin must be positive")
@@ -282,6 +319,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     )
     if opts.format == "coco" and opts.journal_path().resolve() == opts.output.resolve():
         logger.error("--journal must differ from the COCO output %s", opts.output)
+        return 2
+    try:
+        check_run_settings(opts.journal_path(), _result_settings(args), overwrite=opts.overwrite)
+    except SettingsMismatchError as e:
+        logger.error("%s", e)
         return 2
     try:
         det = _make_detector(args)

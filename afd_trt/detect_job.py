@@ -50,11 +50,14 @@ __all__ = [
     "DetectOptions",
     "InputSpec",
     "Journal",
+    "SettingsMismatchError",
     "Summary",
     "WorkItem",
+    "check_run_settings",
     "expand_inputs",
     "iter_work",
     "run_detect_job",
+    "settings_path",
 ]
 
 logger = logging.getLogger("afd_trt.detect")
@@ -213,6 +216,53 @@ def _estimate_total(specs: Sequence[InputSpec], done: set[Key], every: int) -> i
 
 
 # -- journal -----------------------------------------------------------------------------------
+
+
+class SettingsMismatchError(ValueError):
+    """A journal is being resumed with settings other than those that wrote it."""
+
+
+def settings_path(journal: Path) -> Path:
+    """Where a journal's settings are kept: ``<journal>.settings.json``."""
+    return journal.with_name(journal.name + ".settings.json")
+
+
+def check_run_settings(journal: Path, settings: dict[str, Any], *, overwrite: bool = False) -> None:
+    """Record ``settings`` (JSON values) beside ``journal``, or check them against the recorded ones.
+
+    A new (or ``overwrite``-n, or empty) journal gets its settings written atomically. Resuming a
+    journal whose recorded settings differ raises :class:`SettingsMismatchError` listing each
+    difference, so one output never mixes results of different models or options. A journal
+    from before settings were recorded is adopted with the current ones.
+    """
+    side = settings_path(journal)
+    has_records = journal.exists() and journal.stat().st_size > 0
+    if has_records and not overwrite and side.exists():
+        try:
+            recorded = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SettingsMismatchError(
+                f"{side}: unreadable settings record ({e}); use --overwrite or another output"
+            ) from e
+        current = json.loads(json.dumps(settings))  # compare in JSON terms (tuples -> lists, ...)
+        diff = {
+            k: (recorded.get(k), current.get(k))
+            for k in sorted(set(recorded) | set(current))
+            if recorded.get(k) != current.get(k)
+        }
+        if diff:
+            lines = "; ".join(
+                f"{k}: recorded {a!r}, now {b!r}" for k, a, b in ((k, *v) for k, v in diff.items())
+            )
+            raise SettingsMismatchError(
+                f"{journal} was written with other settings ({lines}); resume with the same options, "
+                "or start over with --overwrite, or write to another output"
+            )
+        return
+    if has_records and not overwrite:
+        logger.info("%s: no settings record (an older run); adopting the current settings", journal)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(side, settings)
 
 
 class Journal:

@@ -11,8 +11,17 @@ import cv2
 import numpy as np
 import pytest
 
+from afd_trt.cli import main
 from afd_trt.config import load_config
-from afd_trt.detect_job import InputSpec, Journal, expand_inputs, iter_work
+from afd_trt.detect_job import (
+    InputSpec,
+    Journal,
+    SettingsMismatchError,
+    check_run_settings,
+    expand_inputs,
+    iter_work,
+    settings_path,
+)
 from afd_trt.draw import draw_faces
 from afd_trt.outputs import (
     FLIP_PAIRS,
@@ -267,3 +276,56 @@ def test_draw_faces() -> None:
     draw_faces(img, [far])  # absurd coordinates are clipped, not an OpenCV error
     with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\)"):
         draw_faces(img.astype(np.float32), [face])
+
+
+def test_run_settings_recorded_then_checked(tmp_path: Path) -> None:
+    journal = tmp_path / "out.jsonl"
+    settings = {"face_detector": "yolov3", "min_score": 0.5, "crop_size": 256, "crops": None}
+    check_run_settings(journal, settings)
+    assert json.loads(settings_path(journal).read_text()) == settings
+    journal.write_text('{"path": "a.png", "faces": []}\n')
+    check_run_settings(journal, dict(settings))  # same settings: resume allowed
+    changed = {**settings, "min_score": 0.25, "face_detector": "faster-rcnn"}
+    with pytest.raises(SettingsMismatchError) as info:
+        check_run_settings(journal, changed)
+    msg = str(info.value)
+    assert str(journal) in msg
+    assert "min_score: recorded 0.5, now 0.25" in msg
+    assert "face_detector: recorded 'yolov3', now 'faster-rcnn'" in msg
+    assert json.loads(settings_path(journal).read_text()) == settings, "a refused resume changes nothing"
+    check_run_settings(journal, changed, overwrite=True)
+    assert json.loads(settings_path(journal).read_text()) == changed
+
+
+def test_run_settings_adopted_for_an_older_journal_and_an_empty_one(tmp_path: Path) -> None:
+    journal = tmp_path / "old.jsonl"
+    journal.write_text('{"path": "a.png", "faces": []}\n')
+    check_run_settings(journal, {"every": 1})
+    assert json.loads(settings_path(journal).read_text()) == {"every": 1}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    settings_path(empty).write_text(json.dumps({"every": 5}))
+    check_run_settings(empty, {"every": 1})  # nothing recorded yet: new settings win
+    assert json.loads(settings_path(empty).read_text()) == {"every": 1}
+
+
+def test_cli_refuses_to_resume_with_other_settings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "faces.jsonl"
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.zeros((8, 8, 3), np.uint8))
+    out.write_text(json.dumps({"path": str(img), "width": 8, "height": 8, "faces": []}) + "\n")
+    args = ["detect", str(img), "-o", str(out), "--device", "cpu", "--quiet"]
+    check_run_settings(
+        out,
+        {
+            "face_detector": "yolov3", "face_detector_checkpoint": None, "landmark_checkpoint": None,
+            "face_detector_config": None, "landmark_config": None, "precision": "fp32", "flip_test": True,
+            "box_scale_factor": 1.1, "min_score": 0.0, "min_face_size": 0.0, "every": 1, "crops": None,
+            "crop_mode": "aligned", "crop_size": 256, "crop_scale": 1.0, "crop_margin": 1.0,
+            "crop_border": "constant", "crop_ext": "png", "draw": None,
+        },
+    )  # fmt: skip
+    # Refused before any model is loaded (none could be: no checkpoints here, no download).
+    assert main([*args, "--min-score", "0.5"]) == 2
+    assert "min_score: recorded 0.0, now 0.5" in caplog.text
+    assert out.read_text().count("\n") == 1
