@@ -501,7 +501,7 @@ def _process(opts: DetectOptions, item: WorkItem, res: StreamResult) -> tuple[di
     faces = filter_faces(res.faces or [], opts.min_score, opts.min_face_size)
     if opts.crops is not None or (opts.draw is not None):
         try:
-            image = item.image if item.image is not None else load_image(item.path)
+            image = res.image if res.image is not None else load_image(item.path)
         except (OSError, TypeError, ValueError) as e:  # changed or removed since detection
             return error_record(item.path, _describe_error(e), item.frame, item.time), 0
         _write_files(opts, item, image, faces)
@@ -545,7 +545,8 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
             else:
                 yield item.image if item.image is not None else item.path
 
-    results = det.stream(feed(), batch_size=opts.batch_size, workers=opts.workers)
+    keep = opts.crops is not None or opts.draw is not None
+    results = det.stream(feed(), batch_size=opts.batch_size, workers=opts.workers, keep_images=keep)
     try:
         with redirect:
             for res in results:

@@ -72,6 +72,7 @@ class StreamResult:
     error: Exception | None = None
     height: int | None = None
     width: int | None = None
+    image: np.ndarray | None = None  # the decoded BGR uint8 image, with ``keep_images=True``
 
     @property
     def ok(self) -> bool:
@@ -367,6 +368,7 @@ class Detector:
         boxes: Iterable[Sequence[Any] | np.ndarray | None] | None = None,
         batch_size: int | None = None,
         workers: int = 2,
+        keep_images: bool = False,
     ) -> Iterator[StreamResult]:
         """Faces and landmarks of a (possibly endless) stream of images, in input order.
 
@@ -385,6 +387,8 @@ class Detector:
             boxes: optional, one box list (or None: detect) per image, consumed in step.
             batch_size: images per batch (default :attr:`default_batch_size`).
             workers: decoding threads (0: decode in the calling thread).
+            keep_images: hand each decoded image back in ``StreamResult.image`` (to crop or
+                draw without decoding twice).
         """
         n = self.default_batch_size if batch_size is None else int(batch_size)
         if n < 1:
@@ -430,7 +434,7 @@ class Detector:
                 if not pending:
                     return
                 batch = [pending.popleft() for _ in range(min(n, len(pending)))]
-                yield from self._run_stream_batch(batch)
+                yield from self._run_stream_batch(batch, keep_images)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -454,7 +458,9 @@ class Detector:
                 return img, self.face_detector.prepare(img), None
         return img, None, None
 
-    def _run_stream_batch(self, batch: list[tuple[int, str | None, Future[Any]]]) -> Iterator[StreamResult]:
+    def _run_stream_batch(
+        self, batch: list[tuple[int, str | None, Future[Any]]], keep_images: bool
+    ) -> Iterator[StreamResult]:
         loaded: list[tuple[int, str | None, np.ndarray | None, np.ndarray, DetInput | None]] = []
         failed: dict[int, StreamResult] = {}
         for index, source, job in batch:
@@ -483,14 +489,21 @@ class Detector:
                     except Exception as e:
                         errors[index] = _named(e, _input_name(source, index))
                         logger.warning("%s", errors[index])
-        shapes = {x[0]: x[3].shape[:2] for x in loaded}
-        for index, source, *_ in batch:
+        images = {x[0]: x[3] for x in loaded}
+        for index, source, _ in batch:
             if index in failed:
                 yield failed[index]
                 continue
-            h, w = shapes[index]
+            img = images.pop(index)
+            h, w = img.shape[:2]
             yield StreamResult(
-                index, source, faces=done.get(index), error=errors.get(index), height=int(h), width=int(w)
+                index,
+                source,
+                faces=done.get(index),
+                error=errors.get(index),
+                height=int(h),
+                width=int(w),
+                image=img if keep_images else None,
             )
 
     def detect_faces(

@@ -108,6 +108,17 @@ def test_stream_bad_boxes_lose_nothing(det: afd_trt.Detector, images: list[np.nd
     _same(results[2].faces, det(images[2]))
 
 
+def test_stream_keeps_images_on_request(
+    det: afd_trt.Detector, images: list[np.ndarray], tmp_path: Path
+) -> None:
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), images[1])
+    kept = list(det.stream([images[0], path], boxes=[[], []], keep_images=True))
+    np.testing.assert_array_equal(kept[0].image, images[0])
+    np.testing.assert_array_equal(kept[1].image, images[1])
+    assert all(r.image is None for r in det.stream([images[0], path], boxes=[[], []]))
+
+
 def test_stream_argument_errors(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         list(det.stream(images, batch_size=0))
