@@ -326,7 +326,11 @@ bool dark_offset(const float* map, int64_t h, int64_t w, int64_t px, int64_t py,
   return true;
 }
 
-float sign_quarter(float diff) { return diff > 0.f ? 0.25f : (diff < 0.f ? -0.25f : 0.f); }
+// 0.25 * np.sign(diff): NaN (e.g. inf - inf beside the peak) stays NaN, as upstream's numpy.
+float sign_quarter(float diff) {
+  if (std::isnan(diff)) return diff;
+  return diff > 0.f ? 0.25f : (diff < 0.f ? -0.25f : 0.f);
+}
 
 // Bounds that keep a bad argument from allocating gigabytes or starting thousands of threads:
 // upstream's kernel is 11 (sigma 2); more than one thread per core buys nothing.

@@ -191,6 +191,23 @@ def test_nonpositive_maximum_gives_minus_one(mode: str) -> None:
     assert abs(got[2, 0] - (20 + 100 - 32)) <= 0.5
 
 
+@pytest.mark.parametrize("neighbour", [np.inf, -np.inf, np.nan])
+def test_quarter_offset_of_non_finite_neighbours_is_numpys_sign(neighbour: float) -> None:
+    # inf - inf (or NaN) beside the peak: upstream's 0.25 * np.sign(diff) gives NaN, not 0.
+    hm = np.zeros((1, 2, 6, 9), np.float32)
+    hm[0, :, 3, 4] = 1.0
+    hm[0, 0, 3, 3] = hm[0, 0, 3, 5] = neighbour  # along x
+    hm[0, 1, 2, 4] = hm[0, 1, 4, 4] = neighbour  # along y
+    centers, sizes = np.zeros((1, 2), np.float32), np.ones((1, 2), np.float32)
+    got = ops.decode_heatmaps(hm, centers, sizes, mode="quarter", blur_kernel=3)
+    with np.errstate(all="ignore"):
+        want = ref.decode(hm, centers, sizes, "quarter", 3)
+    np.testing.assert_array_equal(got, want)
+    if neighbour == -np.inf:  # (+inf or NaN beside it would be the argmax itself)
+        assert np.isnan(got[0, 0, 0])
+        assert np.isnan(got[0, 1, 1])
+
+
 def test_ties_take_the_first_maximum_in_row_major_order() -> None:
     hm = np.zeros((1, 3, 16, 16), np.float32)
     hm[0, 0] = 0.5  # flat: (0, 0), a border: no refinement
