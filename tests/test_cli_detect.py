@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from paths import REPO, TADNE_GRID
 
+import afd_trt
 from afd_trt.crops import crop_name, source_tag
 
 pytestmark = pytest.mark.slow
@@ -115,9 +116,15 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"dir": d, "good": [str(p) for p in good], "bad": [str(p) for p in bad], "video": str(video)}
 
 
+# The subprocess imports afd_trt from where this test process did (the installed package in CI, a
+# dev build in the checkout), and runs there: `python -m` puts the working directory first on
+# sys.path, and a checkout without a built extension must not shadow the installed package.
+PKG_ROOT = Path(afd_trt.__file__).resolve().parent.parent
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(PKG_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -127,6 +134,7 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         env=_env(),
+        cwd=PKG_ROOT,
         timeout=timeout,
         check=False,
     )
@@ -342,6 +350,7 @@ def test_killed_run_resumes_with_each_input_once(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=_env(),
+        cwd=PKG_ROOT,
     )
     try:
         deadline = time.monotonic() + 180
