@@ -120,6 +120,12 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         help="images per pipeline batch (default: 16 on a GPU, 4 on the CPU, where it only sets the read-ahead)",
     )
     g.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads (default 2)")
+    g.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=None,
+        help="refuse image files declaring more pixels, before decoding (default $AFD_TRT_MAX_PIXELS or 400 Mpx)",
+    )
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
@@ -136,6 +142,7 @@ def _make_detector(args: argparse.Namespace) -> Any:
         face_detector_config=getattr(args, "face_detector_config", None),
         landmark_config=getattr(args, "landmark_config", None),
         precision=getattr(args, "precision", "fp32"),
+        max_pixels=getattr(args, "max_pixels", None),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -329,3 +330,23 @@ def test_cli_refuses_to_resume_with_other_settings(tmp_path: Path, caplog: pytes
     assert main([*args, "--min-score", "0.5"]) == 2
     assert "min_score: recorded 0.0, now 0.5" in caplog.text
     assert out.read_text().count("\n") == 1
+
+
+def test_cli_max_pixels_refuses_large_files(
+    tmp_path: Path, seeded_weights: Callable[[int], dict[str, dict[str, Path]]]
+) -> None:
+    w = seeded_weights(0)
+    img = tmp_path / "big.png"
+    cv2.imwrite(str(img), np.zeros((40, 50, 3), np.uint8))
+    out = tmp_path / "faces.jsonl"
+    rc = main(
+        [
+            "detect", str(img), "-o", str(out), "--device", "cpu", "--quiet", "--max-pixels", "1999",
+            "--face-detector-checkpoint", str(w["yolov3"]["pth"]), "--landmark-checkpoint", str(w["hrnetv2"]["pth"]),
+        ]
+    )  # fmt: skip
+    assert rc == 1
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["path"] == str(img)
+    assert "50x40" in rec["error"]
+    assert "1999" in rec["error"]
