@@ -176,6 +176,14 @@ def _result_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _extensions(text: str) -> tuple[str, ...]:
+    """``"jpg,.PNG"`` -> ``(".jpg", ".png")``."""
+    exts = tuple("." + e.strip().lower().lstrip(".") for e in text.split(",") if e.strip().lstrip("."))
+    if not exts:
+        raise argparse.ArgumentTypeError(f"expected extensions like jpg,png, got {text!r}")
+    return exts
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -214,6 +222,14 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
         "--retry-errors",
         action="store_true",
         help="drop recorded failures from the journal and process those inputs again",
+    )
+    out.add_argument(
+        "--ext",
+        type=_extensions,
+        default=None,
+        metavar="EXT[,EXT...]",
+        help="folders: take files with these extensions (default: .jpg .jpeg .png .bmp .webp .tif .tiff "
+        "and videos .mp4 .avi .mkv .mov .webm)",
     )
     out.add_argument(
         "--every",
@@ -309,6 +325,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         retry_errors=args.retry_errors,
         every=args.every,
+        exts=args.ext,
         batch_size=args.batch_size,
         workers=args.workers,
         min_score=args.min_score,

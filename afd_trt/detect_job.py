@@ -85,21 +85,20 @@ def _classify(path: str) -> InputSpec:
     return InputSpec(path, "video" if Path(path).suffix.lower() in VIDEO_EXTS else "image")
 
 
-def _walk(folder: Path) -> list[str]:
-    exts = IMAGE_EXTS + VIDEO_EXTS
+def _walk(folder: Path, exts: Sequence[str]) -> list[str]:
     return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
 
 
-def _expand_one(item: str, allow_list: bool) -> Iterator[InputSpec]:
+def _expand_one(item: str, allow_list: bool, exts: Sequence[str]) -> Iterator[InputSpec]:
     if allow_list and item.startswith("@") and len(item) > 1:
         for line in Path(item[1:]).read_text(encoding="utf-8").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                yield from _expand_one(line, allow_list=False)
+                yield from _expand_one(line, allow_list=False, exts=exts)
         return
     path = Path(item)
     if path.is_dir():
-        yield from (_classify(p) for p in _walk(path))
+        yield from (_classify(p) for p in _walk(path, exts))
     elif path.exists():
         yield _classify(item)
     elif _GLOB_CHARS & set(item):
@@ -107,17 +106,17 @@ def _expand_one(item: str, allow_list: bool) -> Iterator[InputSpec]:
         if not matches:
             yield InputSpec(item, "missing")
         for m in matches:
-            yield from (_classify(p) for p in _walk(Path(m))) if Path(m).is_dir() else [_classify(m)]
+            yield from (_classify(p) for p in _walk(Path(m), exts)) if Path(m).is_dir() else [_classify(m)]
     else:
         yield InputSpec(item, "missing")
 
 
-def expand_inputs(items: Sequence[str]) -> list[InputSpec]:
+def expand_inputs(items: Sequence[str], exts: Sequence[str] | None = None) -> list[InputSpec]:
     """Expand command-line inputs, in order, without duplicates (first occurrence wins).
 
     - an existing file: an image, or a video when its extension is in ``VIDEO_EXTS``;
-    - a folder: its image and video files (``IMAGE_EXTS``, ``VIDEO_EXTS``, any case), recursively,
-      sorted by path;
+    - a folder: its files whose extension (any case) is in ``exts`` (default ``IMAGE_EXTS`` +
+      ``VIDEO_EXTS``; lower-case, with the dot), recursively, sorted by path;
     - a glob pattern (``*``, ``?``, ``[``; ``**`` recursive) that is not an existing path: its
       matches, sorted;
     - ``@list.txt``: one input per line (files, folders or patterns; blank lines and lines
@@ -129,7 +128,7 @@ def expand_inputs(items: Sequence[str]) -> list[InputSpec]:
     seen: set[str] = set()
     out: list[InputSpec] = []
     for item in items:
-        for spec in _expand_one(item, allow_list=True):
+        for spec in _expand_one(item, allow_list=True, exts=tuple(exts) if exts else IMAGE_EXTS + VIDEO_EXTS):
             norm = InputSpec(os.path.normpath(spec.path), spec.kind)
             if norm.path not in seen:
                 seen.add(norm.path)
@@ -403,6 +402,7 @@ class DetectOptions:
     overwrite: bool = False
     retry_errors: bool = False
     every: int = 1
+    exts: Sequence[str] | None = None  # folder walks: these extensions (default images + videos)
     batch_size: int | None = None  # None: the detector's default_batch_size
     workers: int = 2
     min_score: float = 0.0
@@ -525,7 +525,7 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
     """Run a detect job (see the module docstring) through ``det.stream``; returns its summary."""
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
-    specs = expand_inputs(opts.inputs)
+    specs = expand_inputs(opts.inputs, opts.exts)
     journal = Journal(opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors)
     summary = Summary(skipped=journal.loaded, failed_before=journal.loaded_errors)
     t0 = time.perf_counter()

@@ -224,6 +224,12 @@ def test_expand_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         InputSpec("e/nothing*.png", "missing"),
         InputSpec("missing.png", "missing"),
     ]
+    # An extension filter for folder walks (files named explicitly are always taken).
+    assert expand_inputs(["d", "e/x.png"], exts=(".jpg", ".webp")) == [
+        InputSpec("d/a.JPG", "image"),
+        InputSpec("d/sub/c.webp", "image"),
+        InputSpec("e/x.png", "image"),
+    ]
 
 
 def _write_video(path: Path, n: int, fps: float = 10.0) -> list[np.ndarray]:
