@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from paths import TADNE_GRID
@@ -97,3 +98,30 @@ def test_bench_against_upstream(seeded_weights: Callable[[int], Weights], tmp_pa
     assert r["latency"]["p50_ms"] > 0
     assert r["upstream"]["p99_ms"] >= r["upstream"]["p50_ms"]
     assert r["machine"]["torch"] == torch.__version__
+
+
+def _face(box: list[float], kx: float) -> dict[str, np.ndarray]:
+    kp = np.zeros((28, 3), np.float32)
+    kp[:, 0] = kx
+    kp[:, 2] = 0.5
+    return {"bbox": np.array(box, np.float32), "keypoints": kp}
+
+
+def test_compare_faces_pairs_by_order_then_by_iou() -> None:
+    a = _face([0, 0, 10, 10, 0.9], 1.0)
+    b = _face([50, 50, 70, 70, 0.8], 2.0)
+    same = bench.compare_faces([a, b], [a, b])
+    assert same["pairs"] == 2
+    assert same["unmatched_ours"] == same["unmatched_ref"] == 0
+    assert same["box_px"] == same["keypoint_px"] == 0.0
+    # Reordered (near-tied scores under reduced precision) and slightly moved.
+    b2 = _face([50.5, 50, 70, 70, 0.91], 2.25)
+    moved = bench.compare_faces([b2, a], [a, b])
+    assert moved["pairs"] == 2
+    assert moved["box_px"] == pytest.approx(0.5)
+    assert moved["keypoint_px"] == pytest.approx(0.25)
+    assert moved["box_score"] == pytest.approx(0.11)
+    # A face only one side found.
+    extra = bench.compare_faces([a, b, _face([200, 200, 220, 220, 0.1], 0.0)], [a, b])
+    assert (extra["pairs"], extra["unmatched_ours"], extra["unmatched_ref"]) == (2, 1, 0)
+    assert bench.compare_faces([], [a])["unmatched_ref"] == 1
