@@ -555,15 +555,15 @@ class Detector:
     def _run_batch(
         self,
         images: Sequence[np.ndarray],
-        boxes: Sequence[Any],
+        boxes: Sequence[np.ndarray | None],
         stacklevel: int,
         preps: Sequence[DetInput | None],
     ) -> list[list[Face]]:
         all_boxes: list[np.ndarray | None] = [None] * len(images)
         need = []
         for i, (img, b) in enumerate(zip(images, boxes, strict=True)):
-            if b is not None:
-                all_boxes[i] = _user_boxes(b, f"boxes of image {i}")
+            if b is not None:  # validated by the public entry points (_user_boxes)
+                all_boxes[i] = b
             elif self.face_detector is None:
                 warnings.warn(
                     "Neither the face detector nor the bounding box is specified. "
