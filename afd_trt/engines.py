@@ -311,7 +311,10 @@ class TorchEngine:
     def __init__(self, module: nn.Module, device: torch.device, precision: str = "fp32") -> None:
         self.dtype = _DTYPES[precision]
         if self.dtype != torch.float32:
-            module = copy.deepcopy(module)
+            # Reduced precision is opt-in and not bit-exact anyway, so take the faster layout:
+            # channels-last weights (measured on the 2-core AVX512-BF16 CPU: HRNetV2 26.0 -> 23.5
+            # ms per crop, YOLOv3 608x352 127 -> 109 ms). fp32 keeps upstream's layout (exactness).
+            module = copy.deepcopy(module).to(memory_format=torch.channels_last)
         self.module = module.to(device=device, dtype=self.dtype).eval()
         self.device = device
 

@@ -226,6 +226,24 @@ def test_engine_file_from_another_runtime_is_refused(
         load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
 
 
+@pytest.mark.parametrize("backend", ["torch", "torchscript"])
+@pytest.mark.parametrize("network", ["hrnetv2", "faster-rcnn-box-head"])
+def test_bf16_on_cpu_is_close_to_fp32(
+    network: str, backend: str, networks: dict[str, Network], cache_dir: Path
+) -> None:
+    """Opt-in bf16 (8 mantissa bits): outputs float32, within a few percent of fp32 eager, and
+    really computed in bf16 (not silently fp32)."""
+    eager = create_engine("torch", networks[network], CPU)
+    engine = create_engine(backend, networks[network], CPU, precision="bf16", cache=cache_dir)
+    x = inputs(SHAPES[network][1], 5)
+    want = eager(x)
+    dev = rel_dev(engine(x), want)
+    assert max(dev) <= 0.05, f"{network} {backend} bf16: relative deviations {dev}"
+    assert max(dev) > 1e-5, "bf16 results equal fp32's: the engine did not run in bf16"
+    if backend == "torchscript":
+        assert list(cache_dir.glob(f"{network}/torchscript-bf16-*.ts"))
+
+
 def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
     net = networks["faster-rcnn-box-head"]
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -233,6 +251,8 @@ def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
     for backend in ("torch", "torchscript", "onnxruntime"):
         with pytest.raises(ValueError, match="precision must be one of"):
             create_engine(backend, net, CPU, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        create_engine("onnxruntime", net, CPU, precision="bf16")
     with pytest.raises(BackendUnavailableError, match="tensorrt"):
         create_engine("tensorrt", net, CPU)
     with pytest.raises(ValueError, match="network name must be one of"):
