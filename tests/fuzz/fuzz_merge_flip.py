@@ -12,20 +12,9 @@ import atheris
 
 with atheris.instrument_imports(include=["afd_trt", "fuzz_common"]):
     import numpy as np
-    from fuzz_common import Gen, call_op, dim
+    from fuzz_common import Gen, call_op, dim, pairs_arg
 
     from afd_trt import ops
-
-
-def pairs_arg(g: Gen, k: int) -> object:
-    """flip_pairs: index pairs in [-1, K] (out of range sometimes), an int array, or garbage."""
-    r = g.int(0, 9)
-    if r == 0:
-        return g.garbage()
-    if r == 1:
-        return g.array((None, 2), np.int64, lo=-1, hi=k)
-    hi = max(k - 1, 0) if g.strict else k
-    return [(g.int(-1 if not g.strict and g.one_in(10) else 0, hi), g.int(0, hi)) for _ in range(g.int(0, 4))]
 
 
 def TestOneInput(data: bytes) -> None:
