@@ -572,6 +572,7 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
             bar.close()
         journal.close()
         summary.seconds = time.perf_counter() - t0
-    if opts.format == "coco" and not summary.interrupted:
+    if opts.format == "coco":
+        # Also when interrupted: a valid COCO file of what is done (re-running completes it).
         write_json_atomic(opts.output, coco_from_records(journal.records()))
     return summary

@@ -386,6 +386,45 @@ def test_killed_run_resumes_with_each_input_once(
             assert (out / sub / name).read_bytes() == (main_run["out"] / sub / name).read_bytes()
 
 
+def test_sigterm_leaves_valid_journal_and_coco_of_what_is_done(
+    main_run: dict[str, Any], inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
+) -> None:
+    journal = tmp_path / "faces.jsonl"
+    coco_path = tmp_path / "faces.json"
+    args = [
+        str(inputs["dir"]), "-o", str(coco_path), "--format", "coco", "--journal", str(journal),
+        "--every", str(VIDEO_EVERY), "--min-score", str(MIN_SCORE), "--min-face-size", str(MIN_FACE_SIZE),
+        "--batch-size", "1", "--workers", "1", "--quiet", *_model_args(models),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afd_trt.cli", "detect", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        cwd=PKG_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and journal.read_bytes().count(b"\n") >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    records = _read_jsonl(journal)
+    n_all = len(_read_jsonl(main_run["out"] / "faces.jsonl"))
+    assert 2 <= len(records) < n_all
+    coco = json.loads(coco_path.read_text())
+    done_images = [r for r in records if "error" not in r]
+    assert [im["file_name"] for im in coco["images"]] == [r["path"] for r in done_images]
+    assert len(coco["annotations"]) == sum(len(r["faces"]) for r in done_images)
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     bad_every = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--every", "0")
     assert bad_every.returncode == 2
