@@ -158,6 +158,15 @@ def pairs_arg(g: Gen, k: int) -> object:
     return [(g.int(-1 if not g.strict and g.one_in(10) else 0, hi), g.int(0, hi)) for _ in range(g.int(0, 4))]
 
 
+def pool_args(g: Gen, planes: int) -> tuple[int, int]:
+    """output_size and sampling_ratio: small, at the bounds, or invalid; large pools only for few planes."""
+    output_size = g.choice([1024, 1025]) if g.one_in(40) else g.size(1, 8)
+    if output_size == 1024 and planes > 1:
+        output_size = 7
+    sampling_ratio = g.choice([1024, 1025, 2**40]) if g.one_in(40) else g.int(-2, 4)
+    return output_size, sampling_ratio
+
+
 def call_op(fn: Callable[[], Any], check: Callable[[Any], None] | None = None) -> Any:
     """Run the op: a result (checked by ``check``) or ValueError / TypeError with a message.
     Any other exception propagates: atheris reports it as a finding."""

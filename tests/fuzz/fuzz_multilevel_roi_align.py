@@ -11,18 +11,9 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["afd_trt", "fuzz_common"]):
-    from fuzz_common import Gen, call_op, dim
+    from fuzz_common import Gen, call_op, dim, pool_args
 
     from afd_trt import ops
-
-
-def pool_args(g: Gen, planes: int) -> tuple[int, int]:
-    """output_size and sampling_ratio: small, at the bounds, or invalid; large pools only for few planes."""
-    output_size = g.choice([1024, 1025]) if g.one_in(40) else g.size(1, 8)
-    if output_size == 1024 and planes > 1:
-        output_size = 7
-    sampling_ratio = g.choice([1024, 1025, 2**40]) if g.one_in(40) else g.int(-2, 4)
-    return output_size, sampling_ratio
 
 
 def TestOneInput(data: bytes) -> None:
