@@ -315,9 +315,17 @@ def _flops(det: Any, paths: Sequence[Path], results: Sequence[Any], flip: bool) 
     return out
 
 
+def _backends(result: dict[str, Any]) -> str:
+    """The backend asked for, and for ``auto`` the one each network got."""
+    engines = result.get("engines") or {}
+    if result["backend"] != "auto" or not engines:
+        return str(result["backend"])
+    return "auto (" + ", ".join(f"{n}: {b}" for n, b in engines.items()) + ")"
+
+
 def _table(result: dict[str, Any]) -> str:
     rows = [
-        f"afd-trt bench: {result['detector']} + hrnetv2, backend {result['backend']}, {result['precision']}, "
+        f"afd-trt bench: {result['detector']} + hrnetv2, backend {_backends(result)}, {result['precision']}, "
         f"device {result['machine']['device']}, flip {result['flip_test']}, {result['images']} images "
         f"({result['size']}), {result['faces']} faces"
     ]
@@ -456,6 +464,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "failed": failed,
         "detector": args.face_detector,
         "backend": args.backend,
+        "engines": dict(ours.engines),
         "precision": args.precision,
         "flip_test": flip,
         "throughput": {

@@ -96,7 +96,9 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default="auto", help="cpu, cuda:0, ... or auto (default: a GPU when present)")
     g.add_argument(
-        "--backend", default="torch", help="network runner (torch, torchscript, onnxruntime, tensorrt, auto)"
+        "--backend",
+        default="torch",
+        help="network runner (torch, torchscript, onnxruntime, openvino, tensorrt, auto)",
     )
     g.add_argument(
         "--precision",

@@ -264,13 +264,22 @@ class Detector:
         lm_path = resolve_checkpoint(lm_cfg.weights, landmark_checkpoint, download=download)
         lm_model = self._load_model("hrnetv2", lm_path)
 
+        self.engines: dict[str, str] = {}
+        """The backend running each network, by network name (``"auto"`` resolved)."""
+
         def engine(name: str, module: torch.nn.Module, cfg: ModelConfig) -> Engine:  # built/cached engines
             net = Network(name, module, cfg)
-            return create_engine(backend, net, self.device, precision=precision, cache=engine_cache)
+            made = create_engine(backend, net, self.device, precision=precision, cache=engine_cache)
+            self.engines[name] = made.name
+            return made
 
         self.landmarks = LandmarkEstimator(
             lm_cfg, engine("hrnetv2", lm_model, lm_cfg), max_batch=max_batch, threads=threads
         )
+        # Upstream's separate forward of the mirrored crops only matters where we match it bit
+        # for bit (eager fp32 on the CPU); elsewhere one forward of both halves is cheaper.
+        exact = self.device.type == "cpu" and self.engines["hrnetv2"] == "torch" and precision == "fp32"
+        self.landmarks.fuse_flip = not exact
 
         self.face_detector_name = face_detector
         self.face_detector: FaceDetector | None = None

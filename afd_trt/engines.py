@@ -13,6 +13,9 @@ outputs returned as float32; results then deviate from upstream's fp32 (``afd-tr
 --compare-upstream`` reports by how much). bf16 on a CPU is fast only with AVX512-BF16 or AMX.
 - ``onnxruntime``: ONNX (opset 17, dynamic batch / height / width / RoI count, checked with
   ``onnx.checker``) run by ONNX Runtime (CPU, or its CUDA provider where installed); fp32.
+- ``openvino``: the same ONNX model compiled by OpenVINO for this CPU; fp32, and bf16 on CPUs with
+  AVX512-BF16/AMX (``pip install 'afd_trt[openvino]'``). Measured fastest on the 2-core
+  AVX512-BF16 development CPU (docs/benchmarks.md).
 - ``tensorrt``: the ONNX model built into a TensorRT 10 plan with the config's optimisation
   profile; CUDA only, fp32 or fp16.
 
@@ -28,12 +31,14 @@ import functools
 import importlib.util
 import logging
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +56,7 @@ __all__ = [
     "Network",
     "NetworkIO",
     "OnnxRuntimeEngine",
+    "OpenVinoEngine",
     "TensorRTEngine",
     "TorchEngine",
     "TorchScriptEngine",
@@ -388,6 +394,41 @@ class OnnxRuntimeEngine:
         return tuple(torch.from_numpy(o).to(self.device) for o in outs)
 
 
+class OpenVinoEngine:
+    """An ONNX model compiled by OpenVINO for this CPU.
+
+    ``precision``: ``"fp32"`` (OpenVINO's ``f32`` inference precision, stated explicitly: on CPUs
+    with bf16 support OpenVINO would otherwise run in bf16) or ``"bf16"``. ``threads``: inference
+    threads; None follows ``torch.get_num_threads()``. One infer request, used under a lock, so the
+    engine may be called from several threads; outputs are copied out of OpenVINO's buffers.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self, model: str | Path, device: torch.device, precision: str = "fp32", threads: int | None = None
+    ) -> None:
+        import openvino as ov
+
+        if device.type != "cpu":
+            raise BackendUnavailableError(f"backend 'openvino' runs on the CPU, got {device}")
+        config = {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+            "INFERENCE_NUM_THREADS": torch.get_num_threads() if threads is None else threads,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        self.compiled = ov.Core().compile_model(str(model), "CPU", config)
+        self._request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()
+        self.device = device
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feed = {i: x.detach().to("cpu", torch.float32).contiguous().numpy() for i, x in enumerate(inputs)}
+        with self._lock:
+            results = self._request.infer(feed)
+            return tuple(torch.from_numpy(np.array(results[o], copy=True)) for o in self.compiled.outputs)
+
+
 class TensorRTEngine:
     """A deserialized TensorRT plan with one execution context, run on the current CUDA stream.
 
@@ -482,6 +523,20 @@ def _ort_runtime() -> str:
     return f"onnxruntime-{ort.__version__}+torch-{torch.__version__}"
 
 
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def _ov_runtime() -> str:
+    try:
+        import onnx  # noqa: F401
+        import openvino as ov
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "backend 'openvino' needs onnx and openvino (pip install 'afd_trt[openvino]')"
+        ) from e
+    return f"openvino-{ov.__version__}+torch-{torch.__version__}"
+
+
 def _trt_runtime() -> str:
     return f"tensorrt-{_tensorrt().__version__}"
 
@@ -512,6 +567,10 @@ def _build_onnx(net: Network, device: torch.device, precision: str, dest: Path) 
 
 def _load_onnx(path: Path, net: Network, device: torch.device, precision: str) -> Engine:
     return OnnxRuntimeEngine(path, device)
+
+
+def _load_openvino(path: Path, net: Network, device: torch.device, precision: str) -> Engine:
+    return OpenVinoEngine(path, device, precision)
 
 
 def _profile_meta(name: str, p: ShapeProfile) -> dict[str, Any]:
@@ -572,13 +631,14 @@ class Backend:
         return self.runtime()
 
     def key(self, net: Network, device: torch.device, precision: str) -> EngineKey:
+        runtime = self.check(device, precision)  # first: a wrong device is named before it is probed
         return EngineKey(
             model=net.name,
             weights_sha256=net.weights_sha256,
             config_hash=net.config_hash,
             backend=self.name,
             device=device_tag(device),
-            runtime=self.check(device, precision),
+            runtime=runtime,
             precision=precision,
         )
 
@@ -604,6 +664,10 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "onnxruntime", ".onnx", _ort_runtime, ("cpu", "cuda"),
             {"cpu": ("fp32",), "cuda": ("fp32",)}, _build_onnx, _load_onnx, False,
+        ),
+        Backend(
+            "openvino", ".onnx", _ov_runtime, ("cpu",),
+            {"cpu": ("fp32", "bf16")}, _build_onnx, _load_openvino, False,
         ),
         Backend(
             "tensorrt", ".plan", _trt_runtime, ("cuda",),
@@ -639,36 +703,55 @@ ENGINES: dict[str, EngineFactory] = {
 }
 """Every backend by name: ``(network, device, precision, cache) -> Engine``."""
 
-AUTO_CPU: dict[str, str] = {
-    "yolov3": "onnxruntime",
-    "faster-rcnn": "onnxruntime",
-    "faster-rcnn-box-head": "onnxruntime",
-    "hrnetv2": "onnxruntime",
+AUTO_CPU: dict[str, dict[str, tuple[str, ...]]] = {
+    "fp32": {
+        "yolov3": ("openvino", "onnxruntime", "torchscript"),
+        "faster-rcnn": ("onnxruntime", "openvino", "torchscript"),
+        "faster-rcnn-box-head": ("onnxruntime", "openvino", "torchscript"),
+        "hrnetv2": ("openvino", "onnxruntime", "torchscript"),
+    },
+    "bf16": {
+        "yolov3": ("openvino", "torch"),
+        "faster-rcnn": ("openvino", "torch"),
+        "faster-rcnn-box-head": ("torch", "openvino"),
+        "hrnetv2": ("openvino", "torch"),
+    },
 }
-"""``backend="auto"`` on CPU: the faster of torchscript/onnxruntime per network. Measured once
-(median of 3 after 2 warm-up runs, 1 and 2 intra-op threads) on a shared 2-core x86-64 AVX-512
-machine with torch 2.14.1 and onnxruntime 1.32: ONNX Runtime was 1.4-2.1x faster than the frozen
-TorchScript module for every network (YOLOv3 608x608, Faster R-CNN 512x768 and its box head with
-1000 RoIs, HRNetV2 batches of 2 and 8)."""
+"""``backend="auto"`` on CPU: per precision and network, backends fastest first; the first one
+installed is used. Measured (median of 4 after 2 warm-up runs, 2 intra-op threads) on the shared
+2-core AMD EPYC AVX512-BF16 development machine with torch 2.14.1, onnxruntime 1.32 and openvino
+2026.4 at the pipeline's shapes (YOLOv3 1x3x352x608, Faster R-CNN 1x3x768x1344 and its box head
+on 1000 RoIs, HRNetV2 8 crops), in ms::
+
+    network               torch fp32  ORT fp32  OpenVINO fp32  torch bf16  TS bf16  OpenVINO bf16
+    yolov3                       224       179            172         108      128             86
+    faster-rcnn                 1826       933            951         543      722            476
+    faster-rcnn-box-head         171        68             79          38       41             44
+    hrnetv2                      525       289            248         211      301            139
+
+(``docs/benchmarks.md`` has the command.)
+"""
 
 
 def _available(backend: str) -> bool:
-    if backend == "onnxruntime":
-        return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
-    if backend == "tensorrt":
-        return importlib.util.find_spec("tensorrt") is not None
-    return True
+    needs = {
+        "onnxruntime": ("onnx", "onnxruntime"),
+        "openvino": ("onnx", "openvino"),
+        "tensorrt": ("tensorrt",),
+    }
+    return all(importlib.util.find_spec(m) is not None for m in needs.get(backend, ()))
 
 
-def resolve_backend(backend: str, network: str, device: torch.device) -> str:
+def resolve_backend(backend: str, network: str, device: torch.device, precision: str = "fp32") -> str:
     """The backend to use: ``backend`` itself, or for ``"auto"`` TensorRT on CUDA (TorchScript
-    without it) and :data:`AUTO_CPU`'s choice on CPU (TorchScript when ONNX Runtime is missing)."""
+    without it) and on CPU the first installed of :data:`AUTO_CPU`'s choices for the precision
+    (TorchScript, or eager torch for bf16, when none is)."""
     if backend != "auto":
         return backend
     if device.type == "cuda":
-        return "tensorrt" if _available("tensorrt") else "torchscript"
-    choice = AUTO_CPU.get(network, "torchscript")
-    return choice if _available(choice) else "torchscript"
+        return "tensorrt" if _available("tensorrt") and precision in ("fp32", "fp16") else "torchscript"
+    choices = AUTO_CPU.get(precision, AUTO_CPU["fp32"]).get(network, ())
+    return next((b for b in choices if _available(b)), "torch" if precision != "fp32" else "torchscript")
 
 
 def create_engine(
@@ -681,7 +764,7 @@ def create_engine(
 ) -> Engine:
     """The engine named ``backend`` (a key of :data:`ENGINES`, or ``"auto"``) for ``network`` on
     ``device``, built into / loaded from ``cache`` (default :func:`default_engine_cache_dir`)."""
-    name = resolve_backend(backend, network.name, device)
+    name = resolve_backend(backend, network.name, device, precision)
     try:
         factory = ENGINES[name]
     except KeyError:

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backends",
         nargs="+",
-        choices=("torchscript", "onnxruntime", "tensorrt", "auto"),
+        choices=("torchscript", "onnxruntime", "openvino", "tensorrt", "auto"),
         default=["auto"],
         help="default: auto (the backend Detector(backend='auto') uses per network and device)",
     )
@@ -90,8 +90,8 @@ def build(
         load_checkpoint(module, path)
         for net in networks_of(model_name, module.eval(), cfg):
             for requested in backends:
-                backend = resolve_backend(requested, net.name, dev)
                 for precision in precisions:
+                    backend = resolve_backend(requested, net.name, dev, precision)
                     rec: dict[str, Any] = {
                         "network": net.name,
                         "backend": backend,

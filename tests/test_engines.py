@@ -3,7 +3,7 @@
 Each (network, backend) engine is built once into a temporary engine cache, at the network's
 example shape, then run at other batch sizes and image sizes (the dynamic axes really used).
 Deviation is measured per output as ``max |engine - eager| / max |eager|``; TorchScript must stay
-within 1e-5 and ONNX Runtime within 1e-4. Engines loaded back from the cache must give the same
+within 1e-5, ONNX Runtime and OpenVINO (fp32) within 1e-4. Engines loaded back from the cache must give the same
 outputs as the engine that built them.
 """
 
@@ -35,7 +35,7 @@ from afd_trt.engines import (
 from afd_trt.models import build_model
 
 CPU = torch.device("cpu")
-TOL = {"torchscript": 1e-5, "onnxruntime": 1e-4}
+TOL = {"torchscript": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4}
 CONFIG_OF = {
     "yolov3": "yolov3",
     "faster-rcnn": "faster-rcnn",
@@ -226,7 +226,25 @@ def test_engine_file_from_another_runtime_is_refused(
         load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
 
 
-@pytest.mark.parametrize("backend", ["torch", "torchscript"])
+def _openvino_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        "torchscript",
+        pytest.param(
+            "openvino",
+            marks=pytest.mark.skipif(
+                not _openvino_has_bf16(), reason="OpenVINO reports no BF16 capability on this CPU"
+            ),
+        ),
+    ],
+)
 @pytest.mark.parametrize("network", ["hrnetv2", "faster-rcnn-box-head"])
 def test_bf16_on_cpu_is_close_to_fp32(
     network: str, backend: str, networks: dict[str, Network], cache_dir: Path
@@ -240,36 +258,62 @@ def test_bf16_on_cpu_is_close_to_fp32(
     dev = rel_dev(engine(x), want)
     assert max(dev) <= 0.05, f"{network} {backend} bf16: relative deviations {dev}"
     assert max(dev) > 1e-5, "bf16 results equal fp32's: the engine did not run in bf16"
-    if backend == "torchscript":
-        assert list(cache_dir.glob(f"{network}/torchscript-bf16-*.ts"))
+    if backend in ("torchscript", "openvino"):
+        assert list(cache_dir.glob(f"{network}/{backend}-bf16-*"))
 
 
 def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
     net = networks["faster-rcnn-box-head"]
     with pytest.raises(ValueError, match="backend must be one of"):
         create_engine("tensorflow", net, CPU)
-    for backend in ("torch", "torchscript", "onnxruntime"):
+    for backend in ("torch", "torchscript", "onnxruntime", "openvino"):
         with pytest.raises(ValueError, match="precision must be one of"):
             create_engine(backend, net, CPU, precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of"):
         create_engine("onnxruntime", net, CPU, precision="bf16")
     with pytest.raises(BackendUnavailableError, match="tensorrt"):
         create_engine("tensorrt", net, CPU)
+    # checked before any CUDA call, so this holds on machines without a GPU too
+    with pytest.raises(BackendUnavailableError, match=r"'openvino' runs on \('cpu',\) devices, got cuda:0"):
+        create_engine("openvino", net, torch.device("cuda:0"))
     with pytest.raises(ValueError, match="network name must be one of"):
         Network("resnet", net.module)
 
 
 def test_auto_backend_on_cpu() -> None:
-    assert set(AUTO_CPU) == set(NETWORKS)
-    assert set(AUTO_CPU.values()) <= set(ENGINES)
-    for name, choice in AUTO_CPU.items():
-        assert resolve_backend("auto", name, CPU) == choice
-        assert resolve_backend("torch", name, CPU) == "torch"
+    """Every precision's table names every network, with backends that run it on the CPU; with
+    all of them installed (as in the test environment) the first choice is taken."""
+    from afd_trt.engines import BACKENDS
+
+    for precision, table in AUTO_CPU.items():
+        assert set(table) == set(NETWORKS)
+        for name, choices in table.items():
+            assert choices
+            for b in choices:
+                assert b in ENGINES
+                if b in BACKENDS:
+                    assert precision in BACKENDS[b].precisions["cpu"], (precision, name, b)
+            assert resolve_backend("auto", name, CPU, precision) == choices[0]
+            assert resolve_backend("torch", name, CPU, precision) == "torch"
+
+
+def test_auto_backend_falls_back_when_runtimes_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OpenVINO the next choice is taken; with neither ONNX runtime, TorchScript (fp32) or
+    eager torch (bf16)."""
+    real = importlib.util.find_spec
+    missing = {"openvino"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m in missing else real(m, *a))
+    assert resolve_backend("auto", "hrnetv2", CPU) == "onnxruntime"
+    assert resolve_backend("auto", "hrnetv2", CPU, "bf16") == "torch"
+    missing.add("onnxruntime")
+    assert resolve_backend("auto", "yolov3", CPU) == "torchscript"
 
 
 def test_auto_engine_is_the_chosen_backend(networks: dict[str, Network], cache_dir: Path) -> None:
     engine = create_engine("auto", networks["faster-rcnn-box-head"], CPU, cache=cache_dir)
-    assert engine.name == AUTO_CPU["faster-rcnn-box-head"]
+    assert engine.name == AUTO_CPU["fp32"]["faster-rcnn-box-head"][0]
+    engine = create_engine("auto", networks["hrnetv2"], CPU, precision="bf16", cache=cache_dir)
+    assert engine.name == AUTO_CPU["bf16"]["hrnetv2"][0]
 
 
 # GPU: TorchScript fp32/fp16, ONNX Runtime's CUDA provider, TensorRT fp32/fp16

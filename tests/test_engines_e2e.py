@@ -1,7 +1,7 @@
 """``Detector(backend=b)`` end to end against ``Detector(backend="torch")`` on seeded weights.
 
 Both face detectors, flip test on and off, three image sizes: the same number of faces, boxes
-within 1e-3 px, box scores within 1e-5, keypoints within 0.05 px and keypoint scores within 1e-4.
+within 1e-3 px, box scores within 1e-5 (TorchScript) or 1e-4 (ONNX Runtime, OpenVINO), keypoints within 0.05 px and keypoint scores within 1e-4.
 To keep this affordable on a small CPU the detectors' configs are shrunk (smaller input scale, a
 few faces per image, fewer RPN proposals); the networks and the pipeline are the real ones.
 """
@@ -21,10 +21,13 @@ from images import synthetic
 from afd_trt.config import FasterRCNNConfig, YOLOv3Config, load_config
 from afd_trt.detector import Detector
 
-BACKENDS = ("torchscript", "onnxruntime")
+BACKENDS = ("torchscript", "onnxruntime", "openvino")
 # three aspect ratios: network inputs 256x320, 320x192 and 320x320 (yolov3), none the build shape
 IMAGES = [synthetic(240, 320, 0), synthetic(300, 180, 1), synthetic(128, 128, 2)]
-BOX_PX, BOX_SCORE, KPT_PX, KPT_SCORE = 1e-3, 1e-5, 0.05, 1e-4
+BOX_PX, KPT_PX, KPT_SCORE = 1e-3, 0.05, 1e-4
+# Box scores: each backend's raw-output tolerance of test_engines.py (OpenVINO's fp32 convolutions
+# are measured at ~1.3e-5 relative on YOLOv3, which moves a 0.44 score by 1.4e-5).
+BOX_SCORE = {"torchscript": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -119,6 +122,7 @@ CASES = [
     pytest.param(
         "faster-rcnn", "onnxruntime", False, id="faster-rcnn-onnxruntime-noflip", marks=pytest.mark.slow
     ),
+    pytest.param("faster-rcnn", "openvino", True, id="faster-rcnn-openvino-flip", marks=pytest.mark.slow),
 ]
 
 
@@ -139,7 +143,7 @@ def test_detector_backend_matches_eager(
         assert len(g_faces) == len(w_faces), f"image {i}: {len(g_faces)} faces vs {len(w_faces)}"
         for w, g in zip(w_faces, g_faces, strict=True):
             np.testing.assert_allclose(g["bbox"][:4], w["bbox"][:4], rtol=0, atol=BOX_PX)
-            np.testing.assert_allclose(g["bbox"][4], w["bbox"][4], rtol=0, atol=BOX_SCORE)
+            np.testing.assert_allclose(g["bbox"][4], w["bbox"][4], rtol=0, atol=BOX_SCORE[backend])
 
 
 def _landmark_pairs(det: Detector, want: Faces, flip: bool) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -170,8 +174,8 @@ def test_landmark_scores_match_eager(
 @pytest.mark.xfail(
     strict=False,
     reason="known gap (issue 3 open): the seeded HRNet stand-ins give flat heatmaps on which the DARK "
-    "step is ill-conditioned, so last-ulp differences between oneDNN and ONNX Runtime / TorchScript "
-    "kernels move some keypoints by ~0.1 px (> 0.05). Heatmaps themselves agree to 1e-6 relative "
+    "step is ill-conditioned, so last-ulp differences between oneDNN and ONNX Runtime / OpenVINO / "
+    "TorchScript kernels move some keypoints by ~0.1 px (> 0.05). Heatmaps themselves agree to 1e-6 relative "
     "(test_engines.py); the eager path matches upstream bit for bit (test_oracle_parity.py).",
 )
 @pytest.mark.parametrize(("name", "backend", "flip"), CASES)
@@ -224,3 +228,28 @@ def test_build_command(
     second = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
     assert second["onnxruntime"]["status"] == "cached"
     assert second["onnxruntime"]["path"] == first["onnxruntime"]["path"]
+
+
+def test_flip_batches_are_fused_except_on_the_exact_path(
+    detectors: dict[tuple[str, str], Detector], eager: dict[tuple[str, bool], Faces]
+) -> None:
+    """Eager fp32 on the CPU runs the mirrored crops as their own forward, as upstream does (bit
+    for bit); other engines run crops and mirrored crops in one forward. Both ways give the same
+    landmarks: split back wrongly (halves swapped or misaligned), the flip merge would change
+    the keypoint scores far beyond 1e-4."""
+    assert not detectors["yolov3", "torch"].landmarks.fuse_flip
+    det = detectors["yolov3", "onnxruntime"]
+    assert det.landmarks.fuse_flip
+    det.flip_test = True
+    boxes = [[f["bbox"] for f in faces] for faces in eager["yolov3", True]]
+    assert sum(map(len, boxes)) >= 2
+    try:
+        fused = [det(img, boxes=b) for img, b in zip(IMAGES, boxes, strict=True) if b]
+        det.landmarks.fuse_flip = False
+        separate = [det(img, boxes=b) for img, b in zip(IMAGES, boxes, strict=True) if b]
+    finally:
+        det.landmarks.fuse_flip = True
+    for f_faces, s_faces in zip(fused, separate, strict=True):
+        for f, s in zip(f_faces, s_faces, strict=True):
+            np.testing.assert_allclose(f["keypoints"][:, 2], s["keypoints"][:, 2], rtol=0, atol=KPT_SCORE)
+            np.testing.assert_allclose(f["keypoints"][:, :2], s["keypoints"][:, :2], rtol=0, atol=0.5)
