@@ -20,5 +20,15 @@ for line in open(sys.argv[1]):
           " (seeded TEST weights: the boxes are not real faces)")
 PY
 # Timing of the whole pipeline on generated 1280x720 frames (same seeded test weights).
+# The default (eager, bit-exact with upstream) and backend auto (OpenVINO / ONNX Runtime engines,
+# built into the engine cache on first use; within tolerance of upstream, not bit-exact).
 .venv/bin/afd-trt bench --weights "$out/weights" --num-images 4 --device cpu --json "$out/bench.json" >/dev/null
-.venv/bin/python -c "import json; r=json.load(open('$out/bench.json')); print(f\"bench: {r['afd_trt']['images_per_s']:.2f} images/s, {r['faces']} faces on {r['images']} images of {r['size']} (CPU, seeded TEST weights)\")"
+.venv/bin/afd-trt bench --weights "$out/weights" --num-images 4 --device cpu --backend auto \
+  --json "$out/bench_auto.json" >/dev/null
+.venv/bin/python - "$out/bench.json" "$out/bench_auto.json" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    print(f"bench, backend {r['backend']}: {r['afd_trt']['images_per_s']:.2f} images/s, {r['faces']} faces on "
+          f"{r['images']} images of {r['size']} (CPU, seeded TEST weights; engines {r.get('engines')})")
+PY
