@@ -54,7 +54,9 @@ py::array_t<T, py::array::c_style> expect_array(const py::handle& obj, const cha
     fail(name, " must be a numpy array, got ", std::string(py::str(py::type::of(obj).attr("__name__"))));
   }
   auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().is(py::dtype::of<T>())) {
+  // Equivalence, not identity: an array that went through pickle (multiprocessing, Ray, ...)
+  // carries its own float32/uint8 descriptor object; a non-native byte order is not equivalent.
+  if (!py::detail::npy_api::get().PyArray_EquivTypes_(py::dtype::of<T>().ptr(), arr.dtype().ptr())) {
     fail(name, " must have dtype ", std::string(py::str(py::dtype::of<T>())), ", got ",
          std::string(py::str(arr.dtype())));
   }

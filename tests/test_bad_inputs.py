@@ -636,3 +636,52 @@ def test_detect_batch_argument_forms(
     for got in det.detect_batch(stacked):
         same(got, expected[0])
     same(det.detect_batch(iter([p]))[0], expected[0])
+
+
+# -- arrays that went through pickle -------------------------------------------------------------
+
+
+def _unpickled(a: np.ndarray) -> np.ndarray:
+    """The array as a multiprocessing / Ray / DataLoader worker receives it: equal, but with its
+    own dtype descriptor object (numpy does not hand back the canonical one)."""
+    import pickle
+
+    b: np.ndarray = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(a, b)
+    return b
+
+
+def test_unpickled_arrays_are_accepted(
+    det: afd_trt.Detector, good_a: np.ndarray, expected: tuple[Faces, Faces]
+) -> None:
+    """Images and boxes sent between processes give the same results as the originals (the native
+    ops once compared dtype objects by identity and refused them: "must have dtype uint8, got
+    uint8")."""
+    img = _unpickled(good_a)
+    assert img.dtype is not good_a.dtype
+    same(det(img), expected[0])
+    boxes = np.asarray([f["bbox"][:4] for f in expected[0]], np.float32)
+    same(det(img, boxes=_unpickled(boxes)), det(good_a, boxes=boxes))
+    results = det.detect_batch([img, _unpickled(good_a)])
+    same(results[0], expected[0])
+    same(results[1], expected[0])
+
+
+def test_unpickled_arrays_in_the_native_ops() -> None:
+    from afd_trt import ops
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 50, (20, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (20, 2))], 1).astype(np.float32)
+    scores = rng.random(20, dtype=np.float32)
+    np.testing.assert_array_equal(
+        ops.nms(_unpickled(boxes), _unpickled(scores), 0.5), ops.nms(boxes, scores, 0.5)
+    )
+    feature = rng.standard_normal((70, 16, 20), dtype=np.float32)
+    np.testing.assert_array_equal(
+        ops.roi_align(_unpickled(feature), _unpickled(boxes), 0.25, 7, 0, True),
+        ops.roi_align(feature, boxes, 0.25, 7, 0, True),
+    )
+    # a byte order other than the machine's is still refused, by name
+    with pytest.raises(ValueError, match=r"boxes must have dtype float32, got >f4"):
+        ops.nms(boxes.astype(">f4"), scores, 0.5)

@@ -253,3 +253,37 @@ def test_flip_batches_are_fused_except_on_the_exact_path(
         for f, s in zip(f_faces, s_faces, strict=True):
             np.testing.assert_allclose(f["keypoints"][:, 2], s["keypoints"][:, 2], rtol=0, atol=KPT_SCORE)
             np.testing.assert_allclose(f["keypoints"][:, :2], s["keypoints"][:, :2], rtol=0, atol=0.5)
+
+
+def test_build_auto_resolves_per_precision_and_detector_reuses_it(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``afd-trt build --backends auto`` builds, per precision, what ``Detector(backend="auto")``
+    then loads without rebuilding: the backend named first in AUTO_CPU for that precision."""
+    from afd_trt.cli import main as cli_main
+    from afd_trt.engines import AUTO_CPU
+
+    args = ["build", "--models", "hrnetv2", "--backends", "auto", "--precisions", "fp32", "bf16"]
+    args += ["--device", "cpu", "--cache-dir", str(tmp_path), "--no-download"]
+    args += ["--checkpoint", f"hrnetv2={checkpoints['hrnetv2']}"]
+    assert cli_main(["--log-level", "ERROR", *args]) == 0
+    records = {r["precision"]: r for r in json.loads(capsys.readouterr().out)}
+    for precision in ("fp32", "bf16"):
+        assert records[precision]["backend"] == AUTO_CPU[precision]["hrnetv2"][0]
+        assert records[precision]["status"] == "built"
+        assert Path(records[precision]["path"]).is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    det = Detector(
+        face_detector=None,
+        landmark_checkpoint=checkpoints["hrnetv2"],
+        device="cpu",
+        backend="auto",
+        precision="bf16",
+        download=False,
+        engine_cache=tmp_path,
+    )
+    assert det.engines == {"hrnetv2": AUTO_CPU["bf16"]["hrnetv2"][0]}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+    faces = det(IMAGES[0], boxes=[[20.0, 30.0, 150.0, 170.0]])
+    assert faces[0]["keypoints"].shape == (28, 3)
+    assert np.isfinite(faces[0]["keypoints"]).all()
