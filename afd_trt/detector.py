@@ -302,6 +302,8 @@ class Detector:
                 stage1 = engine("faster-rcnn", det_model, det_cfg)
                 head = engine("faster-rcnn-box-head", det_model.get_submodule("roi_head.bbox_head"), det_cfg)
                 self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head, max_batch=det_batch)
+                # on a GPU the FPN maps stay there: RoIAlign in torch on the device
+                self.face_detector.roi_align_on_device = self.device.type == "cuda"
 
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else None
         self.timings = StageTimes(sync)

@@ -20,6 +20,7 @@ from . import ops
 from .config import FasterRCNNConfig, YOLOv3Config
 from .engines import Engine
 from .preprocess import DetInput, prepare_detector_input
+from .roi_torch import multilevel_roi_align_torch
 from .timing import StageTimes
 
 __all__ = ["FaceDetector", "FasterRCNNFaceDetector", "YOLOv3FaceDetector", "group_by_shape"]
@@ -73,6 +74,10 @@ class YOLOv3FaceDetector:
         self.cfg = cfg
         self.engine = engine
         self.max_batch = max_batch
+        self.roi_align_on_device = False
+        """RoIAlign in torch where the feature maps are (:mod:`afd_trt.roi_torch`) instead of
+        copying them to the host for the C++ op; the :class:`~afd_trt.Detector` turns it on for
+        CUDA. Agrees with the C++ op to float32 rounding, not bit for bit."""
         self.timer = StageTimes()  # Detector shares its own
         self._anchor_cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -206,6 +211,10 @@ class FasterRCNNFaceDetector:
         self.stage1 = stage1
         self.box_head = box_head
         self.max_batch = max_batch
+        self.roi_align_on_device = False
+        """RoIAlign in torch where the feature maps are (:mod:`afd_trt.roi_torch`) instead of
+        copying them to the host for the C++ op; the :class:`~afd_trt.Detector` turns it on for
+        CUDA. Agrees with the C++ op to float32 rounding, not bit for bit."""
         self.timer = StageTimes()  # Detector shares its own
         self._anchor_cache: dict[tuple[tuple[int, int], ...], list[torch.Tensor]] = {}
 
@@ -299,26 +308,41 @@ class FasterRCNNFaceDetector:
         n_feat, n_lvl = len(cfg.roi_featmap_strides), len(cfg.anchor_strides)
         results: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
         proposals: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(inputs)
-        roi_feats: list[np.ndarray] = [np.zeros((0,), np.float32)] * len(inputs)
+        roi_feats: list[torch.Tensor] = [torch.zeros(0)] * len(inputs)
+        pool_args = (
+            cfg.roi_featmap_strides,
+            cfg.roi_finest_scale,
+            cfg.roi_output_size,
+            cfg.roi_sampling_ratio,
+            cfg.roi_aligned,
+        )
         with torch.inference_mode():
             for idx in group_by_shape(inputs, self.max_batch):
                 with self.timer.stage("detector"):
-                    outs = [t.detach().to("cpu", torch.float32) for t in self.stage1(_stack(inputs, idx))]
-                feats, cls, reg = outs[:n_feat], outs[n_feat : n_feat + n_lvl], outs[n_feat + n_lvl :]
+                    outs = [t.detach() for t in self.stage1(_stack(inputs, idx))]
+                    # only the RPN maps go to the host when RoIAlign runs on the device
+                    host = [t.to("cpu", torch.float32) for t in outs[n_feat:]]
+                    feats = [
+                        t.float() if self.roi_align_on_device else t.to("cpu", torch.float32)
+                        for t in outs[:n_feat]
+                    ]
+                cls, reg = host[:n_lvl], host[n_lvl:]
                 with self.timer.stage("detector_post"):
                     for j, i in enumerate(idx):
                         proposals[i] = self._proposals(
                             [c[j] for c in cls], [r[j] for r in reg], inputs[i].img_shape
                         )
-                        roi_feats[i] = ops.multilevel_roi_align(
-                            [np.ascontiguousarray(f[j].numpy()) for f in feats],
-                            np.ascontiguousarray(proposals[i][:, :4]),
-                            cfg.roi_featmap_strides,
-                            cfg.roi_finest_scale,
-                            cfg.roi_output_size,
-                            cfg.roi_sampling_ratio,
-                            cfg.roi_aligned,
-                        )
+                        rois = np.ascontiguousarray(proposals[i][:, :4])
+                        if self.roi_align_on_device:
+                            roi_feats[i] = multilevel_roi_align_torch(
+                                [f[j] for f in feats], torch.from_numpy(rois), *pool_args
+                            )
+                        else:
+                            roi_feats[i] = torch.from_numpy(
+                                ops.multilevel_roi_align(
+                                    [np.ascontiguousarray(f[j].numpy()) for f in feats], rois, *pool_args
+                                )
+                            )
             counts = [len(p) for p in proposals]
             if sum(counts) == 0:
                 return results
@@ -327,7 +351,7 @@ class FasterRCNNFaceDetector:
                 with_rois = [i for i in idx if counts[i]]
                 if not with_rois:
                     continue
-                feats_all = torch.from_numpy(np.concatenate([roi_feats[i] for i in with_rois]))
+                feats_all = torch.cat([roi_feats[i] for i in with_rois])
                 with self.timer.stage("detector"):
                     cls_all, reg_all = (t.detach().to("cpu", torch.float32) for t in self.box_head(feats_all))
                 with self.timer.stage("detector_post"):
