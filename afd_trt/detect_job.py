@@ -7,7 +7,9 @@ Loss-free and resumable by construction:
   wholly there or absent, and a torn last line (power loss) is cut off on the next start;
 - an input's crops and drawing are written (atomically: temporary file + ``os.replace``)
   *before* its record, so a recorded input has all of its files;
-- on start the journal's records are read and their inputs, keyed ``(path, frame)``, skipped.
+- on start the journal's records are read and their inputs, keyed ``(path, frame)``, skipped;
+  a video read to its end has its frame count kept in ``<journal>.videos.json`` (with the file's
+  size and mtime), so a re-run skips a finished, unchanged video without decoding it.
 """
 
 from __future__ import annotations
@@ -152,7 +154,67 @@ class WorkItem:
         return self.path, self.frame
 
 
-def _iter_video(path: str, done: set[Key], every: int) -> Iterator[WorkItem]:
+class VideoIndex:
+    """Frame counts of the videos a job has read to the end: ``{path: {"size", "mtime_ns",
+    "frames"}}`` in ``<journal>.videos.json``. A video is finished when every sampled frame
+    (0, every, 2·every, ... below its count) is in the journal and the file is unchanged."""
+
+    def __init__(self, path: Path | None, *, reset: bool = False) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, int]] = {}
+        if path is None:
+            return
+        if reset:
+            path.unlink(missing_ok=True)
+        elif path.exists():
+            try:
+                loaded = json.loads(path.read_text())
+                self.entries = {str(k): dict(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+            except (OSError, ValueError, TypeError) as e:  # a cache only: rebuilt as videos are read
+                logger.warning("%s: unreadable (%s); finished videos will be decoded again", path, e)
+
+    @staticmethod
+    def _stat(video: str) -> dict[str, int] | None:
+        try:
+            st = os.stat(video)
+        except OSError:
+            return None
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def finished(self, video: str, done: set[Key], every: int) -> bool:
+        entry = self.entries.get(video)
+        if entry is None or self._stat(video) != {k: entry.get(k) for k in ("size", "mtime_ns")}:
+            return False
+        frames = int(entry.get("frames", 0))
+        return frames > 0 and all((video, i) in done for i in range(0, frames, every))
+
+    def sampled_left(self, video: str, done: set[Key], every: int) -> int | None:
+        """Sampled frames still to do, when the count is known (None otherwise)."""
+        entry = self.entries.get(video)
+        if entry is None:
+            return None
+        return sum((video, i) not in done for i in range(0, int(entry.get("frames", 0)), every))
+
+    def record(self, video: str, frames: int) -> None:
+        stat = self._stat(video)
+        if self.path is None or stat is None or frames <= 0:
+            return
+        self.entries[video] = {**stat, "frames": frames}
+        try:
+            write_json_atomic(self.path, self.entries)
+        except OSError as e:
+            logger.warning("%s: could not be written (%s)", self.path, e)
+
+
+def videos_path(journal: Path) -> Path:
+    """Where a journal's finished-video index is kept: ``<journal>.videos.json``."""
+    return journal.with_name(journal.name + ".videos.json")
+
+
+def _iter_video(path: str, done: set[Key], every: int, videos: VideoIndex | None = None) -> Iterator[WorkItem]:
+    if videos is not None and videos.finished(path, done, every):
+        logger.info("%s: every sampled frame is done; skipped without decoding", path)
+        return
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
@@ -173,18 +235,23 @@ def _iter_video(path: str, done: set[Key], every: int) -> Iterator[WorkItem]:
             index += 1
         if index == 0 and (path, None) not in done:
             yield WorkItem(path, error="video has no readable frames")
+        elif videos is not None:
+            videos.record(path, index)
     except cv2.error as e:
         yield WorkItem(path, error=f"video decoding failed: {e}")
     finally:
         cap.release()
 
 
-def iter_work(specs: Iterable[InputSpec], done: set[Key], every: int = 1) -> Iterator[WorkItem]:
+def iter_work(
+    specs: Iterable[InputSpec], done: set[Key], every: int = 1, videos: VideoIndex | None = None
+) -> Iterator[WorkItem]:
     """The work still to do, lazily and in input order: images not in ``done``, and every
-    ``every``-th frame (0, every, 2·every, ...) of each video not in ``done``."""
+    ``every``-th frame (0, every, 2·every, ...) of each video not in ``done`` (a video that
+    ``videos`` knows to be finished is not opened)."""
     for spec in specs:
         if spec.kind == "video":
-            yield from _iter_video(spec.path, done, every)
+            yield from _iter_video(spec.path, done, every, videos)
         elif (spec.path, None) in done:
             continue
         elif spec.kind == "missing":
@@ -195,7 +262,9 @@ def iter_work(specs: Iterable[InputSpec], done: set[Key], every: int = 1) -> Ite
             yield WorkItem(spec.path)
 
 
-def _estimate_total(specs: Sequence[InputSpec], done: set[Key], every: int) -> int:
+def _estimate_total(
+    specs: Sequence[InputSpec], done: set[Key], every: int, videos: VideoIndex | None = None
+) -> int:
     """Work items still to do (for the progress bar): exact for images, from the container's
     frame count for videos."""
     total = 0
@@ -206,6 +275,10 @@ def _estimate_total(specs: Sequence[InputSpec], done: set[Key], every: int) -> i
     for spec in specs:
         if spec.kind != "video":
             total += (spec.path, None) not in done
+            continue
+        left = None if videos is None else videos.sampled_left(spec.path, done, every)
+        if left is not None:
+            total += left
             continue
         cap = cv2.VideoCapture(spec.path)
         n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
@@ -527,9 +600,11 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
     specs = expand_inputs(opts.inputs, opts.exts)
     journal = Journal(opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors)
+    videos = VideoIndex(videos_path(opts.journal_path()), reset=opts.overwrite)
     summary = Summary(skipped=journal.loaded, failed_before=journal.loaded_errors)
     t0 = time.perf_counter()
-    bar = _progress_bar(opts, _estimate_total(specs, journal.done, opts.every)) if opts.progress else None
+    total = _estimate_total(specs, journal.done, opts.every, videos) if opts.progress else 0
+    bar = _progress_bar(opts, total) if opts.progress else None
     redirect: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if bar is not None:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -538,7 +613,7 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
     pending: dict[int, WorkItem] = {}
 
     def feed() -> Iterator[Any]:
-        for i, item in enumerate(iter_work(specs, set(journal.done), opts.every)):
+        for i, item in enumerate(iter_work(specs, set(journal.done), opts.every, videos)):
             pending[i] = item
             if item.error is not None:
                 yield _FAILED_INPUT

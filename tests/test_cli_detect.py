@@ -436,3 +436,54 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert no_model.returncode == 2, no_model.stderr
     assert "cannot load the models" in no_model.stderr
+
+
+def test_rerun_skips_a_finished_video_without_decoding(
+    inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A video read to its end is listed, with its frame count, size and mtime, in
+    ``<journal>.videos.json``; a re-run then skips it without opening it, unless the file changed
+    (then it is decoded again, and still nothing is recorded twice)."""
+    video = tmp_path / "clip.avi"
+    shutil.copy(inputs["video"], video)
+    out = tmp_path / "v.jsonl"
+    args = (
+        str(video),
+        "-o",
+        str(out),
+        "--every",
+        str(VIDEO_EVERY),
+        "--log-level",
+        "INFO",
+        *_model_args(models),
+    )
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "skipped without decoding" not in first.stderr
+    index = json.loads((tmp_path / "v.jsonl.videos.json").read_text())
+    cap = cv2.VideoCapture(str(video))
+    n_frames = 0
+    while cap.grab():
+        n_frames += 1
+    cap.release()
+    assert index[str(video)]["frames"] == n_frames
+    assert index[str(video)]["size"] == video.stat().st_size
+    before = out.read_bytes()
+    assert {r.get("frame") for r in _read_jsonl(out)} == set(range(0, n_frames, VIDEO_EVERY))
+
+    second = _cli(*args)
+    assert second.returncode == 0, second.stderr
+    assert "skipped without decoding" in second.stderr
+    assert out.read_bytes() == before
+
+    st = video.stat()
+    os.utime(video, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = _cli(*args)
+    assert third.returncode == 0, third.stderr
+    assert "skipped without decoding" not in third.stderr
+    assert out.read_bytes() == before
+    # --overwrite starts over: the index is dropped with the journal
+    fourth = _cli(*args, "--overwrite")
+    assert fourth.returncode == 0, fourth.stderr
+    assert "skipped without decoding" not in fourth.stderr
+    assert {r.get("frame") for r in _read_jsonl(out)} == set(range(0, n_frames, VIDEO_EVERY))
