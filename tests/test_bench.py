@@ -98,6 +98,8 @@ def test_bench_against_upstream(seeded_weights: Callable[[int], Weights], tmp_pa
     assert r["latency"]["p50_ms"] > 0
     assert r["upstream"]["p99_ms"] >= r["upstream"]["p50_ms"]
     assert r["machine"]["torch"] == torch.__version__
+    assert r["backend"] == "torch"
+    assert r["engines"] == {"hrnetv2": "torch", "yolov3": "torch"}
 
 
 def _face(box: list[float], kx: float) -> dict[str, np.ndarray]:
