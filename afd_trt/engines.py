@@ -729,7 +729,7 @@ on 1000 RoIs, HRNetV2 8 crops), in ms::
     faster-rcnn-box-head         171        68             79          38       41             44
     hrnetv2                      525       289            248         211      301            139
 
-(``docs/benchmarks.md`` has the command.)
+(``benchmarks/engines.py`` re-measures this; ``docs/benchmarks.md`` has a later run.)
 """
 
 
