@@ -207,6 +207,11 @@ using Buffer = std::unique_ptr<float[], FreeDeleter>;
 Buffer alloc_floats(size_t n) {
   constexpr size_t kHuge = size_t{2} << 20;
   const size_t bytes = std::max<size_t>(n * sizeof(float), 1);
+  if (bytes < kHuge) {  // a small map: a huge page would only add a 2 MiB clear
+    auto* small = static_cast<float*>(std::malloc(bytes));
+    if (small == nullptr) throw std::bad_alloc();
+    return Buffer(small);
+  }
   const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
   auto* p = static_cast<float*>(std::aligned_alloc(kHuge, rounded));
   if (p == nullptr) throw std::bad_alloc();
