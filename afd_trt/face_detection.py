@@ -74,10 +74,6 @@ class YOLOv3FaceDetector:
         self.cfg = cfg
         self.engine = engine
         self.max_batch = max_batch
-        self.roi_align_on_device = False
-        """RoIAlign in torch where the feature maps are (:mod:`afd_trt.roi_torch`) instead of
-        copying them to the host for the C++ op; the :class:`~afd_trt.Detector` turns it on for
-        CUDA. Agrees with the C++ op to float32 rounding, not bit for bit."""
         self.timer = StageTimes()  # Detector shares its own
         self._anchor_cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
