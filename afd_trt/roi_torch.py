@@ -33,8 +33,7 @@ def roi_levels(rois: torch.Tensor, num_levels: int, finest_scale: float) -> torc
     """
     scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 2] - rois[:, 0]))
     lvl = torch.floor(torch.log2(scale / finest_scale + 1e-6))
-    out = lvl.clamp(0, num_levels - 1).nan_to_num(-1.0).to(torch.int64)
-    return torch.where(torch.isnan(lvl), torch.full_like(out, -1), out)
+    return lvl.clamp(0, num_levels - 1).nan_to_num(-1.0).to(torch.int64)  # clamp keeps NaN
 
 
 def axis_weights(
@@ -83,8 +82,14 @@ def _window(low: torch.Tensor, high: torch.Tensor, used: torch.Tensor) -> tuple[
     return first, torch.where(none, torch.ones_like(last), last - first + 1)
 
 
-def _dense(low: torch.Tensor, high: torch.Tensor, w_low: torch.Tensor, w_high: torch.Tensor, origin: torch.Tensor,
-           extent: int) -> torch.Tensor:  # fmt: skip
+def _dense(
+    low: torch.Tensor,
+    high: torch.Tensor,
+    w_low: torch.Tensor,
+    w_high: torch.Tensor,
+    origin: torch.Tensor,
+    extent: int,
+) -> torch.Tensor:
     """float32 (K, pooled, extent): each bin's summed weight per pixel of the RoI's window."""
     k, pooled, _ = low.shape
     out = torch.zeros(k, pooled, extent, device=low.device, dtype=torch.float32)
