@@ -337,6 +337,27 @@ def test_rerun_skips_done_inputs_and_writes_coco(
     assert len(coco["categories"][0]["keypoints"]) == 28
 
 
+def _started_until(args: list[str], journal: Path, lines: int, stderr: int) -> subprocess.Popen[bytes]:
+    """``afd-trt detect args`` started, returned once ``journal`` holds ``lines`` records (and the
+    run is still going: it is then interrupted midway)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "afd_trt.cli", "detect", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env=_env(),
+        cwd=PKG_ROOT,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        proc.communicate()
+        pytest.fail("the run ended before it could be interrupted")
+    return proc
+
+
 def test_killed_run_resumes_with_each_input_once(
     main_run: dict[str, Any], inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -345,21 +366,8 @@ def test_killed_run_resumes_with_each_input_once(
     out = tmp_path
     journal = out / "faces.jsonl"
     args = [*_run_args(inputs, models, out), "--quiet"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "afd_trt.cli", "detect", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_env(),
-        cwd=PKG_ROOT,
-    )
+    proc = _started_until(args, journal, 3, subprocess.DEVNULL)  # past the first video frame
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            # past the first video frame, before the end
-            if journal.exists() and journal.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -396,20 +404,8 @@ def test_sigterm_leaves_valid_journal_and_coco_of_what_is_done(
         "--every", str(VIDEO_EVERY), "--min-score", str(MIN_SCORE), "--min-face-size", str(MIN_FACE_SIZE),
         "--batch-size", "1", "--workers", "1", "--quiet", *_model_args(models),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "afd_trt.cli", "detect", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=_env(),
-        cwd=PKG_ROOT,
-    )
+    proc = _started_until(args, journal, 2, subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if journal.exists() and journal.read_bytes().count(b"\n") >= 2:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be stopped"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
