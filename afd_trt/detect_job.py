@@ -169,7 +169,9 @@ class VideoIndex:
         elif path.exists():
             try:
                 loaded = json.loads(path.read_text())
-                self.entries = {str(k): dict(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+                self.entries = (
+                    {str(k): dict(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+                )
             except (OSError, ValueError, TypeError) as e:  # a cache only: rebuilt as videos are read
                 logger.warning("%s: unreadable (%s); finished videos will be decoded again", path, e)
 
@@ -211,7 +213,9 @@ def videos_path(journal: Path) -> Path:
     return journal.with_name(journal.name + ".videos.json")
 
 
-def _iter_video(path: str, done: set[Key], every: int, videos: VideoIndex | None = None) -> Iterator[WorkItem]:
+def _iter_video(
+    path: str, done: set[Key], every: int, videos: VideoIndex | None = None
+) -> Iterator[WorkItem]:
     if videos is not None and videos.finished(path, done, every):
         logger.info("%s: every sampled frame is done; skipped without decoding", path)
         return

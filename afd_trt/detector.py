@@ -218,6 +218,11 @@ class Detector:
             torchscript and tensorrt), which deviate slightly from upstream.
         max_pixels: image files declaring more pixels are refused before decoding (default
             ``$AFD_TRT_MAX_PIXELS`` or ``afd_trt.image.DEFAULT_MAX_PIXELS``, 400 Mpx).
+        device_pipeline: keep image work on the network's device (default: on for CUDA): each
+            decoded image goes there once as uint8 (through pinned memory), the detector input
+            is normalised and padded there, face crops are warped, mirrored and flip-merged
+            there, and only the merged heatmaps come back (``afd_trt.device_ops``; the same
+            values as the host path). On the CPU it only costs time; it exists there for tests.
     """
 
     def __init__(
@@ -238,6 +243,7 @@ class Detector:
         engine_cache: str | Path | None = None,
         precision: str = "fp32",
         max_pixels: int | None = None,
+        device_pipeline: bool | None = None,
     ) -> None:
         if max_pixels is not None:
             max_pixels_limit(max_pixels)  # validates
@@ -280,6 +286,12 @@ class Detector:
         # for bit (eager fp32 on the CPU); elsewhere one forward of both halves is cheaper.
         exact = self.device.type == "cpu" and self.engines["hrnetv2"] == "torch" and precision == "fp32"
         self.landmarks.fuse_flip = not exact
+        self.device_pipeline = (
+            self.device.type == "cuda" if device_pipeline is None else bool(device_pipeline)
+        )
+        """Whether images are prepared, cropped and flip-merged on :attr:`device` (see above)."""
+        on_device = self.device if self.device_pipeline else None
+        self.landmarks.crop_device = on_device
 
         self.face_detector_name = face_detector
         self.face_detector: FaceDetector | None = None
@@ -304,6 +316,7 @@ class Detector:
                 self.face_detector = FasterRCNNFaceDetector(det_cfg, stage1, head, max_batch=det_batch)
                 # on a GPU the FPN maps stay there: RoIAlign in torch on the device
                 self.face_detector.roi_align_on_device = self.device.type == "cuda"
+            self.face_detector.pipeline_device = on_device
 
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else None
         self.timings = StageTimes(sync)

@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from . import ops
-from .config import FasterRCNNConfig, YOLOv3Config
+from . import device_ops, ops
+from .config import FasterRCNNConfig, InputConfig, YOLOv3Config
 from .engines import Engine
 from .preprocess import DetInput, prepare_detector_input
 from .roi_torch import multilevel_roi_align_torch
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 class FaceDetector(Protocol):
     timer: StageTimes
+    pipeline_device: torch.device | None
 
     def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]: ...
 
@@ -47,16 +48,35 @@ def group_by_shape(inputs: Sequence[DetInput], max_batch: int) -> list[list[int]
     return groups
 
 
-def _stack(inputs: Sequence[DetInput], idx: Sequence[int]) -> torch.Tensor:
+def _stack(
+    inputs: Sequence[DetInput], idx: Sequence[int], cfg: InputConfig, device: torch.device | None
+) -> torch.Tensor:
     """float32 (B, 3, Hp, Wp), NCHW-contiguous.
 
     With B == 1 this is the layout whose convolutions give upstream's exact numbers (upstream's
     ``permute(2, 0, 1).unsqueeze(0)`` view takes the same kernels; a channels-last copy or a
     batch of several images does not, and moves raw outputs by ~1e-4).
+
+    Inputs prepared as resized uint8 (``DetInput.normalized`` False) go to ``device`` as they
+    are and are normalised and padded there (the same values, a quarter of the bytes).
     """
-    return torch.from_numpy(
-        np.ascontiguousarray(np.stack([inputs[i].tensor.transpose(2, 0, 1) for i in idx]))
-    )
+    if device is not None and not any(inputs[i].normalized for i in idx):
+        return torch.stack(
+            [
+                device_ops.normalize_pad(
+                    device_ops.upload(inputs[i].tensor, device), cfg.mean, cfg.std, inputs[i].pad_shape
+                )
+                for i in idx
+            ]
+        )
+    return torch.from_numpy(np.ascontiguousarray(np.stack([_host_input(inputs[i], cfg) for i in idx])))
+
+
+def _host_input(inp: DetInput, cfg: InputConfig) -> np.ndarray:
+    """float32 (3, Hp, Wp) view of a prepared input (normalised here if it was not yet)."""
+    if inp.normalized:
+        return inp.tensor.transpose(2, 0, 1)
+    return device_ops.normalize_pad(torch.from_numpy(inp.tensor), cfg.mean, cfg.std, inp.pad_shape).numpy()
 
 
 class YOLOv3FaceDetector:
@@ -75,15 +95,24 @@ class YOLOv3FaceDetector:
         self.engine = engine
         self.max_batch = max_batch
         self.timer = StageTimes()  # Detector shares its own
-        self._anchor_cache: dict[tuple[tuple[int, int], ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._anchor_cache: dict[
+            tuple[tuple[tuple[int, int], ...], str], tuple[torch.Tensor, torch.Tensor]
+        ] = {}
+        self.pipeline_device: torch.device | None = None
+        """None: inputs are normalised and padded on the host, raw head maps decoded there. A
+        device (the GPU the network runs on): resized uint8 images go there instead of float32
+        tensors, and the head maps are decoded there, so only the boxes that pass the score
+        thresholds come back for NMS."""
 
     def prepare(self, image: np.ndarray) -> DetInput:
-        return prepare_detector_input(image, self.cfg.input)
+        return prepare_detector_input(image, self.cfg.input, normalize=self.pipeline_device is None)
 
-    def _anchors(self, sizes: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anchors float32 (M, 4) and strides float32 (M,) for feature map sizes (h, w) per level,
-        flattened in (y, x, anchor) order, level after level."""
-        cached = self._anchor_cache.get(sizes)
+    def _anchors(
+        self, sizes: tuple[tuple[int, int], ...], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchors float32 (M, 4) and strides float32 (M,) on ``device`` for feature map sizes
+        (h, w) per level, flattened in (y, x, anchor) order, level after level."""
+        cached = self._anchor_cache.get((sizes, str(device)))
         if cached is not None:
             return cached
         anchors, strides = [], []
@@ -98,12 +127,13 @@ class YOLOv3FaceDetector:
             shifts = torch.stack([xx, yy, xx, yy], dim=-1)
             anchors.append((base[None, :, :] + shifts[:, None, :]).view(-1, 4))
             strides.append(torch.full((h * w * len(base_sizes),), float(stride)))
-        result = (torch.cat(anchors), torch.cat(strides))
-        self._anchor_cache[sizes] = result
+        result = (torch.cat(anchors).to(device), torch.cat(strides).to(device))
+        self._anchor_cache[(sizes, str(device))] = result
         return result
 
     def _decode(self, maps: Sequence[torch.Tensor], scale_factor: np.ndarray) -> np.ndarray:
-        """One image's head maps, each float32 (1, A*6, h, w) -> float32 (K, 5) final boxes."""
+        """One image's head maps, each float32 (1, A*6, h, w) on any device -> float32 (K, 5) final
+        boxes on the host."""
         cfg = self.cfg
         flat = []
         for m in maps:
@@ -111,7 +141,9 @@ class YOLOv3FaceDetector:
             pred[..., :2].sigmoid_()
             flat.append(pred)
         preds = torch.cat(flat, dim=1)
-        anchors, strides = self._anchors(tuple((int(m.shape[2]), int(m.shape[3])) for m in maps))
+        anchors, strides = self._anchors(
+            tuple((int(m.shape[2]), int(m.shape[3])) for m in maps), preds.device
+        )
         deltas = preds[..., :4]
         objectness = preds[..., 4].sigmoid()
         cls_scores = preds[..., 5:].sigmoid()
@@ -128,14 +160,14 @@ class YOLOv3FaceDetector:
             ),
             dim=-1,
         )
-        boxes /= torch.from_numpy(scale_factor).unsqueeze(0)
+        boxes /= torch.from_numpy(scale_factor).to(boxes.device).unsqueeze(0)
         boxes, cls_scores, objectness = boxes[0], cls_scores[0, :, 0], objectness[0]
         if cfg.conf_thr > 0:
             keep = objectness >= cfg.conf_thr
             boxes, cls_scores, objectness = boxes[keep], cls_scores[keep], objectness[keep]
         valid = cls_scores > cfg.score_thr
-        boxes_np = np.ascontiguousarray(boxes[valid].numpy())
-        scores_np = np.ascontiguousarray((cls_scores * objectness)[valid].numpy())
+        boxes_np = np.ascontiguousarray(boxes[valid].cpu().numpy())
+        scores_np = np.ascontiguousarray((cls_scores * objectness)[valid].cpu().numpy())
         if len(scores_np) == 0:
             return np.zeros((0, 5), np.float32)
         keep_idx = ops.nms(boxes_np, scores_np, cfg.nms_iou)[: cfg.max_per_img]
@@ -148,7 +180,10 @@ class YOLOv3FaceDetector:
         for idx in group_by_shape(inputs, self.max_batch):
             with torch.inference_mode():
                 with self.timer.stage("detector"):
-                    maps = [m.detach().to("cpu", torch.float32) for m in self.engine(_stack(inputs, idx))]
+                    x = _stack(inputs, idx, self.cfg.input, self.pipeline_device)
+                    # decoded where they are with the device pipeline, else on the host
+                    to = self.pipeline_device or torch.device("cpu")
+                    maps = [m.detach().to(to, torch.float32) for m in self.engine(x)]
                 with self.timer.stage("detector_post"):
                     for j, i in enumerate(idx):
                         results[i] = self._decode([m[j : j + 1] for m in maps], inputs[i].scale_factor)
@@ -212,14 +247,18 @@ class FasterRCNNFaceDetector:
         copying them to the host for the C++ op; the :class:`~afd_trt.Detector` turns it on for
         CUDA. Agrees with the C++ op to float32 rounding, not bit for bit."""
         self.timer = StageTimes()  # Detector shares its own
-        self._anchor_cache: dict[tuple[tuple[int, int], ...], list[torch.Tensor]] = {}
+        self._anchor_cache: dict[tuple[tuple[tuple[int, int], ...], str], list[torch.Tensor]] = {}
+        self.pipeline_device: torch.device | None = None
+        """As :attr:`YOLOv3FaceDetector.pipeline_device` (RPN maps: only their top-k per level
+        comes back)."""
 
     def prepare(self, image: np.ndarray) -> DetInput:
-        return prepare_detector_input(image, self.cfg.input)
+        return prepare_detector_input(image, self.cfg.input, normalize=self.pipeline_device is None)
 
-    def _anchors(self, sizes: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
-        """Per level float32 (h*w*A, 4) anchors in (y, x, anchor) order (mmdet's AnchorGenerator)."""
-        cached = self._anchor_cache.get(sizes)
+    def _anchors(self, sizes: tuple[tuple[int, int], ...], device: torch.device) -> list[torch.Tensor]:
+        """Per level float32 (h*w*A, 4) anchors on ``device`` in (y, x, anchor) order (mmdet's
+        AnchorGenerator)."""
+        cached = self._anchor_cache.get((sizes, str(device)))
         if cached is not None:
             return cached
         cfg = self.cfg
@@ -235,16 +274,18 @@ class FasterRCNNFaceDetector:
             sy = torch.arange(0, h).to(torch.float32) * stride
             xx, yy = sx.repeat(h), sy.view(-1, 1).repeat(1, w).view(-1)
             shifts = torch.stack([xx, yy, xx, yy], dim=-1)
-            out.append((base[None, :, :] + shifts[:, None, :]).view(-1, 4))
-        self._anchor_cache[sizes] = out
+            out.append((base[None, :, :] + shifts[:, None, :]).view(-1, 4).to(device))
+        self._anchor_cache[(sizes, str(device))] = out
         return out
 
     def _proposals(
         self, cls: Sequence[torch.Tensor], reg: Sequence[torch.Tensor], img_shape: tuple[int, int]
     ) -> np.ndarray:
-        """One image's RPN maps, (A, h, w) and (4A, h, w) per level -> float32 (K, 5) proposals."""
+        """One image's RPN maps, (A, h, w) and (4A, h, w) per level on any device -> float32 (K, 5)
+        proposals on the host (the top-k per level comes back for NMS)."""
         cfg = self.cfg
-        anchors = self._anchors(tuple((int(c.shape[1]), int(c.shape[2])) for c in cls))
+        dev = cls[0].device
+        anchors = self._anchors(tuple((int(c.shape[1]), int(c.shape[2])) for c in cls), dev)
         scores_l, deltas_l, anchors_l, ids_l = [], [], [], []
         for level, (c, r) in enumerate(zip(cls, reg, strict=True)):
             scores = c.permute(1, 2, 0).reshape(-1).sigmoid()
@@ -258,7 +299,7 @@ class FasterRCNNFaceDetector:
             scores_l.append(scores)
             deltas_l.append(deltas)
             anchors_l.append(lvl_anchors)
-            ids_l.append(torch.full((scores.size(0),), level, dtype=torch.long))
+            ids_l.append(torch.full((scores.size(0),), level, dtype=torch.long, device=dev))
         scores, ids = torch.cat(scores_l), torch.cat(ids_l)
         boxes = delta_to_boxes(
             torch.cat(anchors_l), torch.cat(deltas_l), cfg.rpn_target_means, cfg.rpn_target_stds, img_shape
@@ -270,8 +311,10 @@ class FasterRCNNFaceDetector:
                 boxes, scores, ids = boxes[valid], scores[valid], ids[valid]
         if boxes.numel() == 0:
             return np.zeros((0, 5), np.float32)
-        b, sc = np.ascontiguousarray(boxes.numpy()), np.ascontiguousarray(scores.numpy())
-        keep = ops.nms(b, sc, cfg.rpn_nms_iou, idxs=np.ascontiguousarray(ids.numpy()))[: cfg.rpn_max_per_img]
+        b, sc = np.ascontiguousarray(boxes.cpu().numpy()), np.ascontiguousarray(scores.cpu().numpy())
+        keep = ops.nms(b, sc, cfg.rpn_nms_iou, idxs=np.ascontiguousarray(ids.cpu().numpy()))[
+            : cfg.rpn_max_per_img
+        ]
         return np.concatenate([b[keep], sc[keep, None]], axis=1)
 
     def _final(
@@ -315,9 +358,11 @@ class FasterRCNNFaceDetector:
         with torch.inference_mode():
             for idx in group_by_shape(inputs, self.max_batch):
                 with self.timer.stage("detector"):
-                    outs = [t.detach() for t in self.stage1(_stack(inputs, idx))]
-                    # only the RPN maps go to the host when RoIAlign runs on the device
-                    host = [t.to("cpu", torch.float32) for t in outs[n_feat:]]
+                    x = _stack(inputs, idx, self.cfg.input, self.pipeline_device)
+                    outs = [t.detach() for t in self.stage1(x)]
+                    # the RPN maps are decoded on the device with the device pipeline
+                    to = self.pipeline_device or torch.device("cpu")
+                    host = [t.to(to, torch.float32) for t in outs[n_feat:]]
                     feats = [
                         t.float() if self.roi_align_on_device else t.to("cpu", torch.float32)
                         for t in outs[:n_feat]

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import ops
+from . import device_ops, ops
 from .config import HRNetConfig
 from .engines import Engine
 from .timing import StageTimes
@@ -113,43 +113,63 @@ class LandmarkEstimator:
         instead of two of N): fewer launches, but not upstream's batch composition, so the last
         bits of the heatmaps may change; :class:`~afd_trt.Detector` turns it on except for the
         bit-exact CPU path (eager fp32)."""
+        self.crop_device: torch.device | None = None
+        """Where crops are made: None on the host (C++ warp); a device (the GPU HRNetV2 runs on)
+        to send each image there once as uint8 and warp, mirror and merge the flip test there,
+        so only the merged heatmaps come back (``afd_trt.device_ops``, the same values)."""
+        self._flip_sources = device_ops.flip_sources(cfg.num_keypoints, self._flip_pairs)
         self.timer = StageTimes()  # Detector shares its own
 
-    def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
+    def _geometry(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Crop affines float64 (N, 2, 3), centers float32 (N, 2) and box sizes float32 (N, 2) px."""
         cfg = self.cfg
         w, h = cfg.input_size
         centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
-        crops = ops.warp_crops(
-            image, mats, (w, h), cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode
-        )
-        return crops, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
+        return mats, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
-    def _heatmaps(self, crops: np.ndarray, flip_test: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
+        cfg = self.cfg
+        mats, centers, sizes = self._geometry(boxes)
+        crops = ops.warp_crops(
+            image, mats, cfg.input_size, cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode
+        )
+        return crops, centers, sizes
+
+    def _crops_on(
+        self, device: torch.device, image: np.ndarray, boxes: np.ndarray
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values)."""
+        cfg = self.cfg
+        mats, centers, sizes = self._geometry(boxes)
+        crops = device_ops.warp_crops(
+            device_ops.upload(image, device), mats, cfg.input_size, cfg.mean, cfg.std, mode=self.warp_mode
+        )
+        return crops, centers, sizes
+
+    def _heatmaps(self, crops: torch.Tensor, flip_test: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Network heatmaps float32 (N, K, h, w) of the crops and, with the flip test, of the
-        mirrored crops (raw, not yet flipped back).
+        mirrored crops (raw, not yet flipped back), on the engine's device.
 
         The crops go in as an NHWC-strided (channels-last) tensor, the layout upstream's
         ``permute(0, 3, 1, 2)`` of its stacked crops has: convolutions take the channels-last
         path then, and the heatmaps are bit-identical to upstream's. Mirrored crops run as
         their own batch of the same size, as upstream runs them, unless :attr:`fuse_flip`.
         """
-        outs: list[np.ndarray] = []
-        flips: list[np.ndarray] = []
+        outs: list[torch.Tensor] = []
+        flips: list[torch.Tensor] = []
         for s in range(0, len(crops), self.max_batch):
-            x = torch.from_numpy(crops[s : s + self.max_batch]).contiguous(memory_format=torch.channels_last)
+            x = crops[s : s + self.max_batch].contiguous(memory_format=torch.channels_last)
             if flip_test and self.fuse_flip:
-                both = _numpy(self.engine(torch.cat([x, x.flip(3)]))[0])
+                both = self.engine(torch.cat([x, x.flip(3)]))[0].detach()
                 outs.append(both[: len(x)])
                 flips.append(both[len(x) :])
                 continue
-            outs.append(_numpy(self.engine(x)[0]))
+            outs.append(self.engine(x)[0].detach())
             if flip_test:
-                flips.append(_numpy(self.engine(x.flip(3))[0]))
-        heat = np.ascontiguousarray(np.concatenate(outs))
-        flipped = np.ascontiguousarray(np.concatenate(flips)) if flip_test else None
-        return heat, flipped
+                flips.append(self.engine(x.flip(3))[0].detach())
+        return torch.cat(outs), (torch.cat(flips) if flip_test else None)
 
     def estimate(
         self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], flip_test: bool
@@ -170,25 +190,44 @@ class LandmarkEstimator:
         out: list[np.ndarray] = [np.zeros((0, k, 3), np.float32) for _ in images]
         if sum(counts) == 0:
             return out
-        with self.timer.stage("warp"):
-            parts = [self.crops(img, b) for img, b in zip(images, boxes, strict=True) if len(b)]
-        crops = np.concatenate([p[0] for p in parts])
-        centers = np.concatenate([p[1] for p in parts])
-        sizes = np.concatenate([p[2] for p in parts])
-        with self.timer.stage("landmarks"):
-            heat, flipped = self._heatmaps(crops, flip_test)
-        with self.timer.stage("heatmap_decode"):
-            kpts = ops.decode_heatmaps(
-                heat,
-                centers,
-                sizes,
-                mode=cfg.decode,
-                blur_kernel=cfg.blur_kernel,
-                flipped=flipped,
-                flip_pairs=self._flip_pairs if flipped is not None else None,
-                shift=cfg.shift_heatmap,
-                threads=self.threads,
-            )
+        dev = self.crop_device
+        with torch.inference_mode():
+            with self.timer.stage("warp"):
+                if dev is not None:
+                    on_dev = [
+                        self._crops_on(dev, img, b) for img, b in zip(images, boxes, strict=True) if len(b)
+                    ]
+                    crops = torch.cat([p[0] for p in on_dev])
+                    centers = np.concatenate([p[1] for p in on_dev])
+                    sizes = np.concatenate([p[2] for p in on_dev])
+                else:
+                    parts = [self.crops(img, b) for img, b in zip(images, boxes, strict=True) if len(b)]
+                    crops = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+                    centers = np.concatenate([p[1] for p in parts])
+                    sizes = np.concatenate([p[2] for p in parts])
+            with self.timer.stage("landmarks"):
+                heat_t, flipped_t = self._heatmaps(crops, flip_test)
+            with self.timer.stage("heatmap_decode"):
+                flipped: np.ndarray | None = None
+                if flipped_t is not None and dev is not None:
+                    # merged where the heatmaps are: half the bytes come back
+                    heat = _numpy(
+                        device_ops.merge_flip(heat_t, flipped_t, self._flip_sources, cfg.shift_heatmap)
+                    )
+                else:
+                    heat = _numpy(heat_t)
+                    flipped = _numpy(flipped_t) if flipped_t is not None else None
+                kpts = ops.decode_heatmaps(
+                    heat,
+                    centers,
+                    sizes,
+                    mode=cfg.decode,
+                    blur_kernel=cfg.blur_kernel,
+                    flipped=flipped,
+                    flip_pairs=self._flip_pairs if flipped is not None else None,
+                    shift=cfg.shift_heatmap,
+                    threads=self.threads,
+                )
         start = 0
         for i, n in enumerate(counts):
             if n:

@@ -29,24 +29,30 @@ class DetInput:
 
     Attributes:
         tensor: float32 (Hp, Wp, 3) normalised RGB, zero padded, channels last (networks get it
-            as an NCHW view with channels-last strides, the layout upstream feeds them).
+            as an NCHW view with channels-last strides, the layout upstream feeds them); or,
+            prepared with ``normalize=False``, the resized BGR uint8 (h, w, 3), normalised and
+            padded later where the network runs (``device_ops.normalize_pad``).
         img_shape: (h, w) of the resized, unpadded image.
         scale_factor: float32 (4,) = (w_scale, h_scale, w_scale, h_scale), resized / original.
         ori_shape: (h, w) of the input image.
+        pad_shape: (Hp, Wp), the padded network input size.
     """
 
     tensor: np.ndarray
     img_shape: tuple[int, int]
     scale_factor: np.ndarray
     ori_shape: tuple[int, int]
+    pad_shape: tuple[int, int]
 
     @property
-    def pad_shape(self) -> tuple[int, int]:
-        return int(self.tensor.shape[0]), int(self.tensor.shape[1])
+    def normalized(self) -> bool:
+        """True when ``tensor`` is the float32 network input, False for resized uint8 pixels."""
+        return self.tensor.dtype == np.float32
 
 
-def prepare_detector_input(image: np.ndarray, cfg: InputConfig) -> DetInput:
-    """Resize, normalise and pad one BGR uint8 (H, W, 3) image for a detector."""
+def prepare_detector_input(image: np.ndarray, cfg: InputConfig, normalize: bool = True) -> DetInput:
+    """Resize, normalise and pad one BGR uint8 (H, W, 3) image for a detector (only resize with
+    ``normalize=False``: the rest then happens on the network's device)."""
     height, width = image.shape[:2]
     new_w, new_h = rescale_size(width, height, cfg.img_scale)
     if new_w < 1 or new_h < 1:
@@ -54,15 +60,27 @@ def prepare_detector_input(image: np.ndarray, cfg: InputConfig) -> DetInput:
             f"image of size {width}x{height} resizes to {new_w}x{new_h}: too thin to detect faces in"
         )
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    div = cfg.pad_divisor
+    pad_h, pad_w = -(-new_h // div) * div, -(-new_w // div) * div
+    scale_factor = np.array([new_w / width, new_h / height, new_w / width, new_h / height], dtype=np.float32)
+    if not normalize:
+        return DetInput(
+            tensor=np.ascontiguousarray(resized),
+            img_shape=(new_h, new_w),
+            scale_factor=scale_factor,
+            ori_shape=(height, width),
+            pad_shape=(pad_h, pad_w),
+        )
     rgb = resized[:, :, ::-1].astype(np.float32)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
     normed = (rgb - mean) / std
-    div = cfg.pad_divisor
-    pad_h, pad_w = -(-new_h // div) * div, -(-new_w // div) * div
     tensor = np.zeros((pad_h, pad_w, 3), dtype=np.float32)
     tensor[:new_h, :new_w] = normed
-    scale_factor = np.array([new_w / width, new_h / height, new_w / width, new_h / height], dtype=np.float32)
     return DetInput(
-        tensor=tensor, img_shape=(new_h, new_w), scale_factor=scale_factor, ori_shape=(height, width)
+        tensor=tensor,
+        img_shape=(new_h, new_w),
+        scale_factor=scale_factor,
+        ori_shape=(height, width),
+        pad_shape=(pad_h, pad_w),
     )

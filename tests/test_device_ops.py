@@ -1,0 +1,267 @@
+"""afd_trt.device_ops (the torch image ops of the GPU path) against the C++ ops, OpenCV and the
+host preprocessing, value for value; and the Detector's device pipeline against its host one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from images import synthetic, tadne_crop
+from test_ops_warp import IMAGE_MEAN, IMAGE_STD, INSTALLED_MODE, _case
+
+import afd_trt
+from afd_trt import device_ops, ops
+from afd_trt.config import load_config
+from afd_trt.preprocess import prepare_detector_input
+
+Weights = dict[str, dict[str, Path]]
+FLIP_PAIRS = np.array(load_config("hrnetv2").flip_pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def _round_f32(x: Fraction) -> np.float32:
+    """The float32 nearest to an exact rational, ties to an even significand (reference)."""
+    f = np.float32(float(x))
+    best = f
+    for cand in (np.nextafter(f, np.float32(-np.inf)), np.nextafter(f, np.float32(np.inf))):
+        d_best, d_cand = abs(Fraction(float(best)) - x), abs(Fraction(float(cand)) - x)
+        if d_cand < d_best or (d_cand == d_best and int(cand.view(np.int32)) % 2 == 0):
+            best = cand
+    return best
+
+
+def test_fma_f32_double_rounding_case() -> None:
+    """a*b + c lands just above a float32 tie by less than a float64 ulp: a float64 sum rounds
+    to the tie, then to even (256); a real FMA rounds up (256 + 2^-15)."""
+    a = np.float32(1 + 2.0**-12)
+    b = np.float32((1 - 2.0**-12 + 2.0**-24) * 2.0**-16)
+    c = np.float32(256.0)
+    naive = np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+    assert naive == np.float32(256.0)
+    got = device_ops.fma_f32(*(torch.tensor([v]) for v in (a, b, c))).numpy()[0]
+    assert got == np.float32(256 + 2.0**-15)
+    assert got == _round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fma_f32_matches_exact_rounding(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = 400
+    scale = 2.0 ** rng.integers(-20, 20, (3, n))
+    a, b, c = (rng.standard_normal(n) * scale[i] for i in range(3))
+    a32, b32, c32 = (v.astype(np.float32) for v in (a, b, c))
+    # near-cancellation cases: c close to -a*b
+    c32[: n // 4] = (-(a32[: n // 4].astype(np.float64) * b32[: n // 4])).astype(np.float32)
+    got = device_ops.fma_f32(torch.from_numpy(a32), torch.from_numpy(b32), torch.from_numpy(c32)).numpy()
+    want = np.array(
+        [
+            _round_f32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+            for x, y, z in zip(a32, b32, c32, strict=True)
+        ],
+        np.float32,
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("mode", ["opencv5", "opencv4"])
+def test_warp_crops_equal_cpp_op(seed: int, mode: str) -> None:
+    """Boxes inside, outside, tiny, huge, rotated; 256 px and odd crop sizes (OpenCV 5's scalar
+    tail loop); every value equal, normalised and uint8."""
+    image, mats, out_size = _case(seed)
+    want = ops.warp_crops(image, mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=mode)
+    got = device_ops.warp_crops(torch.from_numpy(image), mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=mode)
+    assert got.dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), want)
+    want_u8 = ops.warp_crops_u8(image, mats, out_size, mode=mode)
+    got_u8 = device_ops.warp_crops(
+        torch.from_numpy(image), mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=mode, rgb_u8=True
+    )
+    np.testing.assert_array_equal(got_u8.numpy(), want_u8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_warp_crops_match_installed_cv2(seed: int) -> None:
+    image, mats, out_size = _case(seed + 100)
+    got = device_ops.warp_crops(
+        torch.from_numpy(image), mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE, rgb_u8=True
+    )
+    for i, m in enumerate(mats):
+        np.testing.assert_array_equal(
+            got[i].numpy(), cv2.warpAffine(image, m, out_size, flags=cv2.INTER_LINEAR)
+        )
+
+
+def test_warp_crops_empty_and_errors() -> None:
+    image = torch.zeros((8, 8, 3), dtype=torch.uint8)
+    assert device_ops.warp_crops(image, np.zeros((0, 2, 3)), (4, 5), IMAGE_MEAN, IMAGE_STD).shape == (
+        0,
+        3,
+        5,
+        4,
+    )
+    good = np.array([[[1.0, 0, 0], [0, 1, 0]]])
+    with pytest.raises(ValueError, match=r"matrices\[1\] is singular"):
+        device_ops.warp_crops(
+            image, np.concatenate([good, np.zeros((1, 2, 3))]), (4, 4), IMAGE_MEAN, IMAGE_STD
+        )
+    with pytest.raises(ValueError, match=r"matrices\[0\] has a non-finite entry"):
+        device_ops.warp_crops(image, np.full((1, 2, 3), np.nan), (4, 4), IMAGE_MEAN, IMAGE_STD)
+    with pytest.raises(ValueError, match="mode must be"):
+        device_ops.warp_crops(image, good, (4, 4), IMAGE_MEAN, IMAGE_STD, mode="opencv3")
+    with pytest.raises(ValueError, match=r"image must be uint8 \(H, W, 3\), got torch.float32"):
+        device_ops.warp_crops(image.float(), good, (4, 4), IMAGE_MEAN, IMAGE_STD)
+    with pytest.raises(ValueError, match="std finite and non-zero"):
+        device_ops.warp_crops(image, good, (4, 4), IMAGE_MEAN, (1.0, 0.0, 1.0))
+    with pytest.raises(ValueError, match="out_size must be"):
+        device_ops.warp_crops(image, good, (0, 4), IMAGE_MEAN, IMAGE_STD)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("shift", [True, False])
+def test_merge_flip_equals_cpp_op(seed: int, shift: bool) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 4)), 28, int(rng.integers(1, 70)), int(rng.integers(1, 70)))
+    heat, flipped = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    want = ops.merge_flip(heat, flipped, FLIP_PAIRS, shift)
+    src = device_ops.flip_sources(28, FLIP_PAIRS)
+    got = device_ops.merge_flip(torch.from_numpy(heat), torch.from_numpy(flipped), src, shift)
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_flip_sources_last_pair_wins_and_errors() -> None:
+    assert device_ops.flip_sources(4, np.array([[0, 1], [1, 2]])) == [1, 2, 1, 3]
+    with pytest.raises(ValueError, match=r"flip_pairs \(0, 4\) is out of range for K = 4"):
+        device_ops.flip_sources(4, np.array([[0, 4]]))
+
+
+@pytest.mark.parametrize("model", ["yolov3", "faster-rcnn"])
+@pytest.mark.parametrize("size", [(720, 1280), (517, 389), (29, 37), (200, 1536), (333, 700)])
+def test_normalize_pad_equals_host_preprocessing(model: str, size: tuple[int, int]) -> None:
+    cfg = load_config(model).input  # type: ignore[attr-defined]
+    image = synthetic(*size, seed=size[0])
+    host = prepare_detector_input(image, cfg)
+    raw = prepare_detector_input(image, cfg, normalize=False)
+    assert raw.tensor.dtype == np.uint8
+    assert raw.tensor.shape == (*host.img_shape, 3)
+    assert raw.pad_shape == host.pad_shape
+    assert raw.img_shape == host.img_shape
+    np.testing.assert_array_equal(raw.scale_factor, host.scale_factor)
+    got = device_ops.normalize_pad(torch.from_numpy(raw.tensor), cfg.mean, cfg.std, raw.pad_shape)
+    np.testing.assert_array_equal(got.numpy(), host.tensor.transpose(2, 0, 1))
+
+
+def test_upload_to_cpu_copies_contiguously() -> None:
+    a = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)[:, ::-1]
+    t = device_ops.upload(a, torch.device("cpu"))
+    assert t.is_contiguous()
+    np.testing.assert_array_equal(t.numpy(), a)
+
+
+# -- the Detector's device pipeline ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(seeded_weights: Callable[[int], Weights]) -> Weights:
+    return seeded_weights(0)
+
+
+def _detector(weights: Weights, face_detector: str, device: str, **kw: object) -> afd_trt.Detector:
+    return afd_trt.Detector(
+        face_detector,
+        weights[face_detector]["pth"],
+        weights["hrnetv2"]["pth"],
+        device=device,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+IMAGES = [
+    lambda: tadne_crop(0, 0, 1280, 720),
+    lambda: tadne_crop(1024, 512, 517, 389),
+    lambda: synthetic(333, 700, seed=3),
+]
+
+
+@pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
+@pytest.mark.parametrize("flip_test", [True, False])
+def test_device_pipeline_on_cpu_equals_host_pipeline(
+    weights: Weights, face_detector: str, flip_test: bool
+) -> None:
+    """The same numbers, bit for bit, through the torch image ops: what the GPU path runs."""
+    host = _detector(weights, face_detector, "cpu", flip_test=flip_test)
+    dev = _detector(weights, face_detector, "cpu", flip_test=flip_test, device_pipeline=True)
+    assert not host.device_pipeline
+    assert dev.device_pipeline
+    assert dev.face_detector is not None
+    image = IMAGES[0]()
+    assert not dev.face_detector.prepare(image).normalized  # the uint8 form really is what runs
+    found = 0
+    for make in IMAGES:
+        image = make()
+        want, got = host(image), dev(image)
+        found += len(want)
+        assert len(got) == len(want)
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_array_equal(a["bbox"], b["bbox"])
+            np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
+    assert found > 0, "the seeded weights find faces on these images"
+    batch = dev.detect_batch([make() for make in IMAGES])
+    assert [len(r) for r in batch] == [len(host(make())) for make in IMAGES]
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mode", ["opencv5", "opencv4"])
+def test_device_ops_on_cuda_equal_cpu(seed: int, mode: str) -> None:
+    image, mats, out_size = _case(seed)
+    cuda = torch.device("cuda")
+    want = ops.warp_crops(image, mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=mode)
+    got = device_ops.warp_crops(
+        device_ops.upload(image, cuda), mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=mode
+    )
+    assert got.device.type == "cuda"
+    np.testing.assert_array_equal(got.cpu().numpy(), want)
+    rng = np.random.default_rng(seed)
+    heat, flipped = (rng.standard_normal((2, 28, 64, 64)).astype(np.float32) for _ in range(2))
+    merged = device_ops.merge_flip(
+        torch.from_numpy(heat).to(cuda),
+        torch.from_numpy(flipped).to(cuda),
+        device_ops.flip_sources(28, FLIP_PAIRS),
+        True,
+    )
+    np.testing.assert_array_equal(merged.cpu().numpy(), ops.merge_flip(heat, flipped, FLIP_PAIRS, True))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
+def test_device_pipeline_on_cuda_agrees_with_host_path(weights: Weights, face_detector: str) -> None:
+    """On a GPU the device pipeline is the default; its crops equal the host's, so it agrees
+    with the GPU host path to the networks' own run-to-run differences (core tolerances)."""
+    dev = _detector(weights, face_detector, "cuda")
+    host = _detector(weights, face_detector, "cuda", device_pipeline=False)
+    assert dev.device_pipeline
+    assert not host.device_pipeline
+    for make in IMAGES:
+        image = make()
+        want, got = host(image), dev(image)
+        assert len(got) == len(want)
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_allclose(b["bbox"][:4], a["bbox"][:4], atol=1e-3)
+            np.testing.assert_allclose(b["keypoints"][:, :2], a["keypoints"][:, :2], atol=0.05)
+
+
+def test_warp_crops_many_faces_in_chunks() -> None:
+    """More crops than one chunk (16): every crop still lands in its own place."""
+    image, _, _ = _case(5)
+    mats = np.concatenate([_case(s)[1] for s in range(1, 40, 4)] * 3)
+    assert len(mats) > 2 * device_ops._CHUNK
+    want = ops.warp_crops(image, mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE)
+    got = device_ops.warp_crops(
+        torch.from_numpy(image), mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE
+    )
+    np.testing.assert_array_equal(got.numpy(), want)
