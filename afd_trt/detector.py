@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
+from .device_ops import Pixels, to_host
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
 from .image import ImageInput, load_image, max_pixels_limit
@@ -44,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 Face = dict[str, np.ndarray]
 FACE_DETECTORS = ("yolov3", "faster-rcnn")
+JPEG_DECODERS = ("opencv", "torchvision")
 
 
 class BatchError(RuntimeError):
@@ -223,6 +226,11 @@ class Detector:
             is normalised and padded there, face crops are warped, mirrored and flip-merged
             there, and only the merged heatmaps come back (``afd_trt.device_ops``; the same
             values as the host path). On the CPU it only costs time; it exists there for tests.
+        jpeg_decoder: ``"opencv"`` (default, upstream's decoder) or ``"torchvision"``: JPEG files
+            are decoded by torchvision, with nvJPEG on the GPU when the device pipeline is on
+            (decoded images then never exist on the host), else with libjpeg-turbo on the CPU
+            (the same pixels as OpenCV). Other formats, arrays and JPEGs torchvision cannot
+            decode go through OpenCV. See ``afd_trt.jpeg``.
     """
 
     def __init__(
@@ -244,6 +252,7 @@ class Detector:
         precision: str = "fp32",
         max_pixels: int | None = None,
         device_pipeline: bool | None = None,
+        jpeg_decoder: str = "opencv",
     ) -> None:
         if max_pixels is not None:
             max_pixels_limit(max_pixels)  # validates
@@ -253,6 +262,11 @@ class Detector:
         if not np.isfinite(box_scale_factor) or box_scale_factor <= 0:
             raise ValueError(f"box_scale_factor must be a positive number, got {box_scale_factor!r}")
         self.device = resolve_device(device)
+        if jpeg_decoder not in JPEG_DECODERS:
+            raise ValueError(f"jpeg_decoder must be one of {JPEG_DECODERS}, got {jpeg_decoder!r}")
+        if jpeg_decoder == "torchvision" and (why := jpeg.torchvision_jpeg_available()) is not None:
+            raise ValueError(f"jpeg_decoder='torchvision': {why}")
+        self.jpeg_decoder = jpeg_decoder
         self.flip_test = bool(flip_test)
         self.box_scale_factor = float(box_scale_factor)
         self.backend = backend
@@ -465,13 +479,18 @@ class Detector:
 
     # -- pipeline ----------------------------------------------------------------------------
 
-    def _load(self, image: ImageInput, name: str) -> np.ndarray:
+    def _load(self, image: ImageInput, name: str) -> Pixels:
         with self.timings.stage("decode", sync=False):
+            if self.jpeg_decoder == "torchvision":
+                where = self.device if self.device_pipeline else torch.device("cpu")
+                decoded = jpeg.decode_jpeg(image, where, max_pixels=self.max_pixels, name=name)
+                if decoded is not None:
+                    return decoded if self.device_pipeline else to_host(decoded)
             return load_image(image, max_pixels=self.max_pixels, name=name)
 
     def _decode_job(
         self, item: ImageInput, index: int, boxes: Any
-    ) -> tuple[np.ndarray, DetInput | None, np.ndarray | None]:
+    ) -> tuple[Pixels, DetInput | None, np.ndarray | None]:
         """Worker-thread part of the stream: decode, validate user boxes, and prepare the
         detector input (when boxes are to be detected)."""
         img = self._load(item, f"image {index}")
@@ -485,7 +504,7 @@ class Detector:
     def _run_stream_batch(
         self, batch: list[tuple[int, str | None, Future[Any]]], keep_images: bool
     ) -> Iterator[StreamResult]:
-        loaded: list[tuple[int, str | None, np.ndarray | None, np.ndarray, DetInput | None]] = []
+        loaded: list[tuple[int, str | None, np.ndarray | None, Pixels, DetInput | None]] = []
         failed: dict[int, StreamResult] = {}
         for index, source, job in batch:
             try:
@@ -527,11 +546,11 @@ class Detector:
                 error=errors.get(index),
                 height=int(h),
                 width=int(w),
-                image=img if keep_images else None,
+                image=to_host(img) if keep_images else None,
             )
 
     def detect_faces(
-        self, images: Sequence[np.ndarray], prepared: Sequence[DetInput | None] | None = None
+        self, images: Sequence[Pixels], prepared: Sequence[DetInput | None] | None = None
     ) -> list[np.ndarray]:
         """Expanded face boxes float32 (K, 5) per BGR uint8 image (requires a face detector).
         ``prepared``: detector inputs already made from the images (None entries are made here)."""
@@ -546,7 +565,7 @@ class Detector:
 
     def _run(
         self,
-        images: Sequence[np.ndarray],
+        images: Sequence[Pixels],
         boxes: Sequence[Any],
         stacklevel: int,
         prepared: Sequence[DetInput | None] | None = None,
@@ -578,7 +597,7 @@ class Detector:
 
     def _run_batch(
         self,
-        images: Sequence[np.ndarray],
+        images: Sequence[Pixels],
         boxes: Sequence[np.ndarray | None],
         stacklevel: int,
         preps: Sequence[DetInput | None],

@@ -34,7 +34,7 @@ class FaceDetector(Protocol):
 
     def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]: ...
 
-    def prepare(self, image: np.ndarray) -> DetInput: ...
+    def prepare(self, image: device_ops.Pixels) -> DetInput: ...
 
 
 def group_by_shape(inputs: Sequence[DetInput], max_batch: int) -> list[list[int]]:
@@ -75,8 +75,10 @@ def _stack(
 def _host_input(inp: DetInput, cfg: InputConfig) -> np.ndarray:
     """float32 (3, Hp, Wp) view of a prepared input (normalised here if it was not yet)."""
     if inp.normalized:
+        assert isinstance(inp.tensor, np.ndarray)
         return inp.tensor.transpose(2, 0, 1)
-    return device_ops.normalize_pad(torch.from_numpy(inp.tensor), cfg.mean, cfg.std, inp.pad_shape).numpy()
+    pixels = device_ops.upload(inp.tensor, torch.device("cpu"))
+    return device_ops.normalize_pad(pixels, cfg.mean, cfg.std, inp.pad_shape).numpy()
 
 
 class YOLOv3FaceDetector:
@@ -104,7 +106,7 @@ class YOLOv3FaceDetector:
         tensors, and the head maps are decoded there, so only the boxes that pass the score
         thresholds come back for NMS."""
 
-    def prepare(self, image: np.ndarray) -> DetInput:
+    def prepare(self, image: device_ops.Pixels) -> DetInput:
         return prepare_detector_input(image, self.cfg.input, normalize=self.pipeline_device is None)
 
     def _anchors(
@@ -252,7 +254,7 @@ class FasterRCNNFaceDetector:
         """As :attr:`YOLOv3FaceDetector.pipeline_device` (RPN maps: only their top-k per level
         comes back)."""
 
-    def prepare(self, image: np.ndarray) -> DetInput:
+    def prepare(self, image: device_ops.Pixels) -> DetInput:
         return prepare_detector_input(image, self.cfg.input, normalize=self.pipeline_device is None)
 
     def _anchors(self, sizes: tuple[tuple[int, int], ...], device: torch.device) -> list[torch.Tensor]:

@@ -179,8 +179,9 @@ def _jpeg_looks_truncated(path: Path) -> bool:
     return not tail.endswith(b"\xff\xd9")
 
 
-def _load_file(path: Path, limit: int) -> np.ndarray:
-    name = f"image {str(path)!r}"
+def _check_file(path: Path, limit: int, name: str) -> bool:
+    """Refuse what cannot or must not be decoded (missing, not a regular file, empty, declared
+    size over ``limit`` or empty); returns whether the file is a JPEG without its end marker."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -205,6 +206,12 @@ def _load_file(path: Path, limit: int) -> np.ndarray:
         )
     if size is not None and min(size) == 0:
         raise ValueError(f"{name}: header declares an empty image ({size[0]}x{size[1]})")
+    return truncated
+
+
+def _load_file(path: Path, limit: int) -> np.ndarray:
+    name = f"image {str(path)!r}"
+    truncated = _check_file(path, limit, name)
     decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if decoded is None:
         raise ValueError(f"{name}: OpenCV could not decode it (corrupt, truncated or unsupported format)")

@@ -128,17 +128,23 @@ class LandmarkEstimator:
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
         return mats, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
-    def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def crops(self, image: device_ops.Pixels, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
         cfg = self.cfg
         mats, centers, sizes = self._geometry(boxes)
         crops = ops.warp_crops(
-            image, mats, cfg.input_size, cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode
+            device_ops.to_host(image),
+            mats,
+            cfg.input_size,
+            cfg.mean,
+            cfg.std,
+            threads=self.threads,
+            mode=self.warp_mode,
         )
         return crops, centers, sizes
 
     def _crops_on(
-        self, device: torch.device, image: np.ndarray, boxes: np.ndarray
+        self, device: torch.device, image: device_ops.Pixels, boxes: np.ndarray
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values)."""
         cfg = self.cfg
@@ -172,12 +178,12 @@ class LandmarkEstimator:
         return torch.cat(outs), (torch.cat(flips) if flip_test else None)
 
     def estimate(
-        self, images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], flip_test: bool
+        self, images: Sequence[device_ops.Pixels], boxes: Sequence[np.ndarray], flip_test: bool
     ) -> list[np.ndarray]:
         """Landmarks for every box of every image.
 
         Args:
-            images: BGR uint8 (H, W, 3) arrays.
+            images: BGR uint8 (H, W, 3) arrays (or tensors, see ``device_ops.Pixels``).
             boxes: per image, float32 (N_i, >=4) boxes in that image's pixels.
             flip_test: average with the horizontally flipped crops.
 

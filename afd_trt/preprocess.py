@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from .config import InputConfig
+from .device_ops import Pixels, resize_linear
 
 __all__ = ["DetInput", "prepare_detector_input", "rescale_size"]
 
@@ -30,15 +32,16 @@ class DetInput:
     Attributes:
         tensor: float32 (Hp, Wp, 3) normalised RGB, zero padded, channels last (networks get it
             as an NCHW view with channels-last strides, the layout upstream feeds them); or,
-            prepared with ``normalize=False``, the resized BGR uint8 (h, w, 3), normalised and
-            padded later where the network runs (``device_ops.normalize_pad``).
+            prepared with ``normalize=False``, the resized BGR uint8 (h, w, 3) (a tensor on the
+            image's device for an image decoded there), normalised and padded later where the
+            network runs (``device_ops.normalize_pad``).
         img_shape: (h, w) of the resized, unpadded image.
         scale_factor: float32 (4,) = (w_scale, h_scale, w_scale, h_scale), resized / original.
         ori_shape: (h, w) of the input image.
         pad_shape: (Hp, Wp), the padded network input size.
     """
 
-    tensor: np.ndarray
+    tensor: np.ndarray | torch.Tensor
     img_shape: tuple[int, int]
     scale_factor: np.ndarray
     ori_shape: tuple[int, int]
@@ -47,30 +50,38 @@ class DetInput:
     @property
     def normalized(self) -> bool:
         """True when ``tensor`` is the float32 network input, False for resized uint8 pixels."""
-        return self.tensor.dtype == np.float32
+        return isinstance(self.tensor, np.ndarray) and self.tensor.dtype == np.float32
 
 
-def prepare_detector_input(image: np.ndarray, cfg: InputConfig, normalize: bool = True) -> DetInput:
+def prepare_detector_input(image: Pixels, cfg: InputConfig, normalize: bool = True) -> DetInput:
     """Resize, normalise and pad one BGR uint8 (H, W, 3) image for a detector (only resize with
-    ``normalize=False``: the rest then happens on the network's device)."""
-    height, width = image.shape[:2]
+    ``normalize=False``: the rest then happens on the network's device). A tensor image (decoded
+    on a device) is resized there by ``device_ops.resize_linear``, OpenCV's arithmetic."""
+    height, width = int(image.shape[0]), int(image.shape[1])
     new_w, new_h = rescale_size(width, height, cfg.img_scale)
     if new_w < 1 or new_h < 1:
         raise ValueError(
             f"image of size {width}x{height} resizes to {new_w}x{new_h}: too thin to detect faces in"
         )
-    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    resized: Pixels
+    if isinstance(image, torch.Tensor):
+        resized = resize_linear(image, (new_w, new_h))
+        if normalize:
+            resized = resized.cpu().numpy()
+    else:
+        resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     div = cfg.pad_divisor
     pad_h, pad_w = -(-new_h // div) * div, -(-new_w // div) * div
     scale_factor = np.array([new_w / width, new_h / height, new_w / width, new_h / height], dtype=np.float32)
     if not normalize:
         return DetInput(
-            tensor=np.ascontiguousarray(resized),
+            tensor=resized if isinstance(resized, torch.Tensor) else np.ascontiguousarray(resized),
             img_shape=(new_h, new_w),
             scale_factor=scale_factor,
             ori_shape=(height, width),
             pad_shape=(pad_h, pad_w),
         )
+    assert isinstance(resized, np.ndarray)
     rgb = resized[:, :, ::-1].astype(np.float32)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)

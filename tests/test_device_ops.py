@@ -265,3 +265,60 @@ def test_warp_crops_many_faces_in_chunks() -> None:
         torch.from_numpy(image), mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE
     )
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+RESIZES = [
+    (720, 1280, 342, 608),  # the YOLOv3 input of a 720p frame
+    (1080, 1920, 342, 608),
+    (704, 1216, 352, 608),  # exactly half: OpenCV's 2x2 area average
+    (900, 900, 300, 300),  # exactly a third: still bilinear
+    (512, 512, 608, 608),  # up
+    (29, 37, 342, 437),
+    (1, 1, 3, 5),
+    (7, 3, 1, 1),
+    (2, 40, 1, 20),
+]
+
+
+@pytest.mark.parametrize("size", RESIZES)
+def test_resize_linear_equals_cv2(size: tuple[int, int, int, int]) -> None:
+    h, w, th, tw = size
+    image = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    got = device_ops.resize_linear(torch.from_numpy(image), (tw, th))
+    np.testing.assert_array_equal(got.numpy(), cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_resize_linear_equals_cv2_random_sizes(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        h, w, th, tw = (int(v) for v in rng.integers(1, 90, 4))
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if seed % 2:
+            image = np.ascontiguousarray(cv2.GaussianBlur(image, (0, 0), 1.5))
+        got = device_ops.resize_linear(torch.from_numpy(image), (tw, th)).numpy()
+        np.testing.assert_array_equal(got, cv2.resize(image, (tw, th), interpolation=cv2.INTER_LINEAR))
+
+
+def test_resize_linear_errors() -> None:
+    with pytest.raises(ValueError, match="image must be uint8"):
+        device_ops.resize_linear(torch.zeros((4, 4, 3)), (2, 2))
+    with pytest.raises(ValueError, match=r"cannot resize an image of shape \(4, 4, 3\) to \(0, 2\)"):
+        device_ops.resize_linear(torch.zeros((4, 4, 3), dtype=torch.uint8), (0, 2))
+
+
+def test_tensor_images_prepare_like_arrays() -> None:
+    """An image decoded on a device is resized there and prepares to the same detector input."""
+    cfg = load_config("yolov3").input  # type: ignore[attr-defined]
+    image = synthetic(517, 389, seed=9)
+    host = prepare_detector_input(image, cfg)
+    for normalize in (True, False):
+        prep = prepare_detector_input(torch.from_numpy(image), cfg, normalize=normalize)
+        assert prep.normalized is normalize
+        got = (
+            prep.tensor
+            if normalize
+            else device_ops.normalize_pad(prep.tensor, cfg.mean, cfg.std, prep.pad_shape)
+        )  # type: ignore[arg-type]
+        want = host.tensor if normalize else host.tensor.transpose(2, 0, 1)
+        np.testing.assert_array_equal(np.asarray(got), want)
