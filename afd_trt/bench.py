@@ -230,6 +230,18 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="torch")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument(
+        "--device-pipeline",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="image work on the network's device (auto: on for CUDA)",
+    )
+    p.add_argument(
+        "--jpeg-decoder",
+        choices=("opencv", "torchvision"),
+        default="opencv",
+        help="torchvision: nvJPEG on a GPU",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=None, help="images per stream batch (default: the Detector's)"
     )
     p.add_argument("--workers", type=int, default=2, help="decoding threads of the stream")
@@ -391,6 +403,8 @@ def run_bench(args: argparse.Namespace) -> int:
         ours = Detector(
             args.face_detector, det_ckpt, lm_ckpt, device=device, flip_test=flip,
             backend=args.backend, precision=args.precision,
+            device_pipeline=None if args.device_pipeline == "auto" else args.device_pipeline == "on",
+            jpeg_decoder=args.jpeg_decoder,
         )  # fmt: skip
         ref = None
         if args.compare_upstream:
@@ -466,6 +480,8 @@ def run_bench(args: argparse.Namespace) -> int:
         "backend": args.backend,
         "engines": dict(ours.engines),
         "precision": args.precision,
+        "device_pipeline": ours.device_pipeline,
+        "jpeg_decoder": ours.jpeg_decoder,
         "flip_test": flip,
         "throughput": {
             "batch_size": batch,

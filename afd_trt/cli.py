@@ -123,6 +123,18 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads (default 2)")
     g.add_argument(
+        "--device-pipeline",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="decode/resize/crop/flip-merge on the network's device (auto: on for CUDA; see Detector)",
+    )
+    g.add_argument(
+        "--jpeg-decoder",
+        choices=("opencv", "torchvision"),
+        default="opencv",
+        help="torchvision: JPEGs decoded by nvJPEG on the GPU with the device pipeline (default opencv)",
+    )
+    g.add_argument(
         "--max-pixels",
         type=_positive_int,
         default=None,
@@ -145,7 +157,14 @@ def _make_detector(args: argparse.Namespace) -> Any:
         landmark_config=getattr(args, "landmark_config", None),
         precision=getattr(args, "precision", "fp32"),
         max_pixels=getattr(args, "max_pixels", None),
+        device_pipeline=_on_off(getattr(args, "device_pipeline", "auto")),
+        jpeg_decoder=getattr(args, "jpeg_decoder", "opencv"),
     )
+
+
+def _on_off(value: str) -> bool | None:
+    """``auto`` / ``on`` / ``off`` -> None / True / False."""
+    return None if value == "auto" else value == "on"
 
 
 def _result_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -64,7 +64,16 @@ def test_yolov3_gflop_at_1280x720() -> None:
     assert bench.network_gflop("yolov3", (1, 3, 352, 608)) == pytest.approx(80.7, rel=0.01)
 
 
-def test_bench_against_upstream(seeded_weights: Callable[[int], Weights], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "pipeline",
+    [[], ["--device-pipeline", "on", "--jpeg-decoder", "torchvision"]],
+    ids=["host", "device-pipeline"],
+)
+def test_bench_against_upstream(
+    seeded_weights: Callable[[int], Weights], tmp_path: Path, pipeline: list[str]
+) -> None:
+    """The bench's JPEGs through the host path, and through the GPU's image path (torchvision
+    decoding, torch resize/crops/flip merge) run here on the CPU: identical to upstream both ways."""
     w = seeded_weights(0)
     wdir = w["yolov3"]["pth"].parent
     out = tmp_path / "bench.json"
@@ -72,7 +81,7 @@ def test_bench_against_upstream(seeded_weights: Callable[[int], Weights], tmp_pa
         [
             "bench", "--weights", str(wdir), "--num-images", "3", "--size", "320x192,256x256",
             "--grid", str(TADNE_GRID), "--device", "cpu", "--compare-upstream", "--batch-size", "2",
-            "--warmup", "0", "--quiet", "--json", str(out),
+            "--warmup", "0", "--quiet", "--json", str(out), *pipeline,
         ]
     )  # fmt: skip
     assert rc == 0
@@ -100,6 +109,8 @@ def test_bench_against_upstream(seeded_weights: Callable[[int], Weights], tmp_pa
     assert r["machine"]["torch"] == torch.__version__
     assert r["backend"] == "torch"
     assert r["engines"] == {"hrnetv2": "torch", "yolov3": "torch"}
+    assert r["device_pipeline"] is bool(pipeline)
+    assert r["jpeg_decoder"] == ("torchvision" if pipeline else "opencv")
 
 
 def _face(box: list[float], kx: float) -> dict[str, np.ndarray]:

@@ -483,3 +483,25 @@ def test_rerun_skips_a_finished_video_without_decoding(
     assert fourth.returncode == 0, fourth.stderr
     assert "skipped without decoding" not in fourth.stderr
     assert {r.get("frame") for r in _read_jsonl(out)} == set(range(0, n_frames, VIDEO_EVERY))
+
+
+def test_device_pipeline_and_torchvision_decoding_give_the_same_records(
+    main_run: dict[str, Any], inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--device-pipeline on --jpeg-decoder torchvision`` (the GPU's image path, run here on
+    the CPU) records the same faces for every image and video frame, and the same failures."""
+    out = tmp_path / "faces.jsonl"
+    args = [
+        str(inputs["dir"]), "-o", str(out), "--every", str(VIDEO_EVERY), "--min-score", str(MIN_SCORE),
+        "--min-face-size", str(MIN_FACE_SIZE), "--batch-size", "2", "--workers", "1",
+        "--device-pipeline", "on", "--jpeg-decoder", "torchvision", *_model_args(models),
+    ]  # fmt: skip
+    proc = _cli(*args)
+    assert proc.returncode == 1, proc.stderr  # the same broken inputs fail
+    want = {_key(r): r for r in _read_jsonl(main_run["out"] / "faces.jsonl")}
+    got = {_key(r): r for r in _read_jsonl(out)}
+    assert set(got) == set(want)
+    for key, rec in got.items():
+        assert ("error" in rec) == ("error" in want[key]), key
+        if "error" not in rec:
+            assert rec["faces"] == want[key]["faces"], key
