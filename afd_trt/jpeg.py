@@ -8,8 +8,8 @@ applied (parsed here, as nvJPEG ignores it), grayscale replicated. On the CPU to
 libjpeg-turbo decode equals OpenCV's value for value (tested); nvJPEG's IDCT may differ from it
 by a level here and there, so on a GPU the results are within tolerance, not bit-exact.
 
-Files that are not JPEGs, or that torchvision cannot decode (truncated files, CMYK on nvJPEG,
-...), return ``None`` and are decoded by OpenCV as usual (``afd_trt.image.load_image``). The
+Files that are not JPEGs, CMYK/YCCK or 12-bit JPEGs (whose colours torchvision converts
+differently), truncated JPEGs and those torchvision cannot decode return ``None`` and are decoded by OpenCV as usual (``afd_trt.image.load_image``). The
 same checks as OpenCV's path run first: missing files, directories, empty files and declared
 sizes over the pixel limit raise the same errors.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ import torch
 
 from .image import ImageInput, _check_file, max_pixels_limit
 
-__all__ = ["apply_orientation", "decode_jpeg", "exif_orientation", "torchvision_jpeg_available"]
+__all__ = [
+    "apply_orientation",
+    "decode_jpeg",
+    "exif_orientation",
+    "plain_8bit_color",
+    "torchvision_jpeg_available",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +57,42 @@ def torchvision_jpeg_available() -> str | None:
     return None
 
 
+def _segments(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(marker, payload) of a JPEG's segments up to the image data (bounded by the bytes)."""
+    pos, end = 2, len(data)
+    while pos + 4 <= end and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no more headers
+            return
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2:
+            return
+        yield marker, data[pos + 4 : pos + 2 + length]
+        pos += 2 + length
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def plain_8bit_color(data: bytes) -> bool:
+    """True for an 8-bit JPEG with 1 (gray) or 3 (YCbCr/RGB) components: what torchvision
+    decodes to OpenCV's pixels. CMYK/YCCK (4 components) and 12-bit files go to OpenCV, whose
+    colour conversion torchvision's does not match."""
+    for marker, body in _segments(data):
+        if marker in _SOF:
+            return len(body) >= 6 and body[0] == 8 and body[5] in (1, 3)
+    return False
+
+
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) of a JPEG's APP1 segment; 1 when absent or unreadable.
 
     Args:
         data: the file's bytes (only the segments before the image data are read).
     """
-    pos = 2
-    end = len(data)
-    while pos + 4 <= end and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: no more metadata
-            break
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if length < 2:
-            break
-        body = data[pos + 4 : pos + 2 + length]
+    for marker, body in _segments(data):
         if marker == 0xE1 and body[:6] == b"Exif\x00\x00":
             return _tiff_orientation(body[6:])
-        pos += 2 + length
     return 1
 
 
@@ -141,7 +165,7 @@ def decode_jpeg(
         data = path.read_bytes()
     except OSError as e:
         raise ValueError(f"{label}: cannot read it: {e.strerror or e}") from e
-    if data[:3] != b"\xff\xd8\xff" or truncated:
+    if data[:3] != b"\xff\xd8\xff" or truncated or not plain_8bit_color(data):
         return None
     tv_image = _image_ops()
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -102,6 +102,23 @@ def test_not_a_jpeg_or_truncated_falls_back(image: np.ndarray, tmp_path: Path) -
     assert jpeg.decode_jpeg(image, CPU) is None  # arrays need no decoding
 
 
+def test_cmyk_and_progressive(image: np.ndarray, tmp_path: Path) -> None:
+    """CMYK goes to OpenCV (torchvision's conversion differs from it); progressive and every
+    chroma subsampling decode to OpenCV's pixels."""
+    pil = pytest.importorskip("PIL.Image")
+    rgb = pil.fromarray(np.ascontiguousarray(image[:, :, ::-1]))
+    cmyk = tmp_path / "cmyk.jpg"
+    rgb.convert("CMYK").save(cmyk, quality=95)
+    assert not jpeg.plain_8bit_color(cmyk.read_bytes())
+    assert jpeg.decode_jpeg(cmyk, CPU) is None
+    for kw in ({"progressive": True}, {"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2}):
+        path = tmp_path / "p.jpg"
+        rgb.save(path, quality=90, **kw)
+        got = jpeg.decode_jpeg(path, CPU)
+        assert got is not None, kw
+        np.testing.assert_array_equal(got.numpy(), cv2.imread(str(path), cv2.IMREAD_COLOR))
+
+
 def test_bad_files_raise_as_load_image(image: np.ndarray, tmp_path: Path) -> None:
     missing = tmp_path / "missing.jpg"
     with pytest.raises(ValueError, match="no such file") as ours:
