@@ -177,7 +177,8 @@ class CudaGraphEngine:
     Memory: all graphs of a wrapper share one private memory pool (their intermediates overlap),
     which is safe because calls are serialised by a lock and by a CUDA event (across streams),
     and outputs are copied out before the next replay. At most ``max_graphs`` graphs are kept;
-    the least recently used is dropped beyond that.
+    the least recently used is dropped beyond that (its memory goes back to the pool, for later
+    captures, not to the device: the pool is freed with the wrapper).
 
     Thread-safe; calls from several threads (and streams) run one at a time. Returned tensors are
     new, on ``device``, float32, and ordered on the caller's current stream.
@@ -254,7 +255,7 @@ class CudaGraphEngine:
             raise ValueError(f"CudaGraphEngine runs single-input networks, got {len(inputs)} inputs")
         (x,) = inputs
         if x.dim() >= 1 and 1 <= x.shape[0] <= self.buckets[-1]:
-            key = _key_of(x, bucket_batch(x.shape[0], self.buckets))
+            key = _key_of(x, next(b for b in self.buckets if b >= x.shape[0]))  # bucket_batch, checked
             with self._lock:
                 graph = self._graph_for(key)
                 if graph is not None:
@@ -284,8 +285,10 @@ class CudaGraphEngine:
         self._captures += 1
         self._graphs[key] = graph
         logger.debug("%s engine: captured a CUDA graph at input %s", self.name, _describe(key))
-        # Safe to free now: capture synchronised the device, so no replay of the evicted graph
-        # is still reading its buffers.
+        if len(self._graphs) > self.max_graphs:
+            # Before freeing an evicted graph's buffers, let its last replay finish (replays are
+            # chained on this event, on whichever streams they ran).
+            self._done.synchronize()
         while len(self._graphs) > self.max_graphs:
             old, _ = self._graphs.popitem(last=False)
             logger.debug("%s engine: dropped the CUDA graph at input %s (LRU)", self.name, _describe(old))
