@@ -404,7 +404,7 @@ def run_bench(args: argparse.Namespace) -> int:
             args.face_detector, det_ckpt, lm_ckpt, device=device, flip_test=flip,
             backend=args.backend, precision=args.precision,
             device_pipeline=None if args.device_pipeline == "auto" else args.device_pipeline == "on",
-            jpeg_decoder=args.jpeg_decoder,
+            jpeg_decoder=args.jpeg_decoder, cuda_graphs=args.cuda_graphs,
         )  # fmt: skip
         ref = None
         if args.compare_upstream:
@@ -482,6 +482,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "device_pipeline": ours.device_pipeline,
         "jpeg_decoder": ours.jpeg_decoder,
+        "cuda_graphs": ours.cuda_graphs,
         "flip_test": flip,
         "throughput": {
             "batch_size": batch,

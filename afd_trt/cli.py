@@ -129,6 +129,11 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         help="decode/resize/crop/flip-merge on the network's device (auto: on for CUDA; see Detector)",
     )
     g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay CUDA graphs of the torch/torchscript networks (CUDA only; opt-in)",
+    )
+    g.add_argument(
         "--jpeg-decoder",
         choices=("opencv", "torchvision"),
         default="opencv",
@@ -159,6 +164,7 @@ def _make_detector(args: argparse.Namespace) -> Any:
         max_pixels=getattr(args, "max_pixels", None),
         device_pipeline=_on_off(getattr(args, "device_pipeline", "auto")),
         jpeg_decoder=getattr(args, "jpeg_decoder", "opencv"),
+        cuda_graphs=getattr(args, "cuda_graphs", False),
     )
 
 

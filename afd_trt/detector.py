@@ -22,6 +22,7 @@ import torch
 
 from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
+from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, supports_graphs
 from .device_ops import Pixels, to_host
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 Face = dict[str, np.ndarray]
 FACE_DETECTORS = ("yolov3", "faster-rcnn")
 JPEG_DECODERS = ("opencv", "torchvision")
+BOX_HEAD_BUCKETS = tuple(2**k for k in range(7, 14))
+"""CUDA-graph batch sizes of the Faster R-CNN box head: up to 1000 RoIs per image, 8 images."""
 
 
 class BatchError(RuntimeError):
@@ -231,6 +234,10 @@ class Detector:
             (decoded images then never exist on the host), else with libjpeg-turbo on the CPU
             (the same pixels as OpenCV). Other formats, arrays and JPEGs torchvision cannot
             decode go through OpenCV. See ``afd_trt.jpeg``.
+        cuda_graphs: opt-in on CUDA: the torch/torchscript engines replay CUDA graphs captured
+            per input shape, the batch padded up to a power of two (``afd_trt.cuda_graphs``;
+            HRNetV2's crops are always 256x256, so a handful of graphs serve every batch).
+            Other backends run as they are. Off by default until measured on a GPU.
     """
 
     def __init__(
@@ -253,6 +260,7 @@ class Detector:
         max_pixels: int | None = None,
         device_pipeline: bool | None = None,
         jpeg_decoder: str = "opencv",
+        cuda_graphs: bool = False,
     ) -> None:
         if max_pixels is not None:
             max_pixels_limit(max_pixels)  # validates
@@ -267,6 +275,9 @@ class Detector:
         if jpeg_decoder == "torchvision" and (why := jpeg.torchvision_jpeg_available()) is not None:
             raise ValueError(f"jpeg_decoder='torchvision': {why}")
         self.jpeg_decoder = jpeg_decoder
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, got device {self.device}")
+        self.cuda_graphs = bool(cuda_graphs)
         self.flip_test = bool(flip_test)
         self.box_scale_factor = float(box_scale_factor)
         self.backend = backend
@@ -291,6 +302,11 @@ class Detector:
             net = Network(name, module, cfg)
             made = create_engine(backend, net, self.device, precision=precision, cache=engine_cache)
             self.engines[name] = made.name
+            if self.cuda_graphs:
+                if supports_graphs(made, self.device):
+                    buckets = BOX_HEAD_BUCKETS if name == "faster-rcnn-box-head" else DEFAULT_BUCKETS
+                    return CudaGraphEngine(made, self.device, buckets=buckets)
+                logger.info("%s: the %s engine runs without CUDA graphs", name, made.name)
             return made
 
         self.landmarks = LandmarkEstimator(

@@ -111,6 +111,7 @@ def test_bench_against_upstream(
     assert r["engines"] == {"hrnetv2": "torch", "yolov3": "torch"}
     assert r["device_pipeline"] is bool(pipeline)
     assert r["jpeg_decoder"] == ("torchvision" if pipeline else "opencv")
+    assert r["cuda_graphs"] is False
 
 
 def _face(box: list[float], kx: float) -> dict[str, np.ndarray]:

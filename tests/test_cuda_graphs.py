@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from images import tadne_crop
 from torch import nn
 
+import afd_trt
 from afd_trt.cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, bucket_batch, supports_graphs
 from afd_trt.engines import NetworkIO, TorchEngine, TorchScriptEngine, optimize_torchscript, trace_torchscript
 
@@ -330,3 +335,37 @@ def test_concurrent_callers_on_their_own_streams() -> None:
     assert len(results) == 48
     for n, got in results:
         assert _deviation(got, want[n]) < TOL
+
+
+# -- through the Detector -----------------------------------------------------------------------
+
+
+def test_detector_refuses_cuda_graphs_off_cuda(
+    seeded_weights: Callable[[int], dict[str, dict[str, Path]]],
+) -> None:
+    w = seeded_weights(0)
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device, got device cpu"):
+        afd_trt.Detector("yolov3", w["yolov3"]["pth"], w["hrnetv2"]["pth"], device="cpu", cuda_graphs=True)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
+def test_detector_with_cuda_graphs_agrees(
+    seeded_weights: Callable[[int], dict[str, dict[str, Path]]], face_detector: str
+) -> None:
+    """Graph replay of every network (HRNetV2 batches padded to buckets) gives the eager GPU
+    pipeline's faces within the core tolerances, over images of several sizes and a batch."""
+    w = seeded_weights(0)
+    kw: dict[str, Any] = {"device": "cuda"}
+    eager = afd_trt.Detector(face_detector, w[face_detector]["pth"], w["hrnetv2"]["pth"], **kw)
+    graphed = afd_trt.Detector(
+        face_detector, w[face_detector]["pth"], w["hrnetv2"]["pth"], cuda_graphs=True, **kw
+    )
+    assert isinstance(graphed.landmarks.engine, CudaGraphEngine)
+    images = [tadne_crop(0, 0, 1280, 720), tadne_crop(1024, 512, 517, 389), tadne_crop(2000, 2000, 640, 640)]
+    for want, got in zip(eager.detect_batch(images), graphed.detect_batch(images), strict=True):
+        assert len(got) == len(want)
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_allclose(b["bbox"][:4], a["bbox"][:4], atol=1e-3)
+            np.testing.assert_allclose(b["keypoints"][:, :2], a["keypoints"][:, :2], atol=0.05)
+    assert graphed.landmarks.engine.captures >= 1
