@@ -242,6 +242,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="torchvision: nvJPEG on a GPU",
     )
     p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay CUDA graphs of the torch/torchscript networks (CUDA only; opt-in)",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=None, help="images per stream batch (default: the Detector's)"
     )
     p.add_argument("--workers", type=int, default=2, help="decoding threads of the stream")
@@ -400,12 +405,16 @@ def run_bench(args: argparse.Namespace) -> int:
         wdir = _weights_dir(args, tmp)
         det_ckpt, lm_ckpt = wdir / CHECKPOINTS[args.face_detector], wdir / CHECKPOINTS["hrnetv2"]
         flip = not args.no_flip
-        ours = Detector(
-            args.face_detector, det_ckpt, lm_ckpt, device=device, flip_test=flip,
-            backend=args.backend, precision=args.precision,
-            device_pipeline=None if args.device_pipeline == "auto" else args.device_pipeline == "on",
-            jpeg_decoder=args.jpeg_decoder, cuda_graphs=args.cuda_graphs,
-        )  # fmt: skip
+        try:
+            ours = Detector(
+                args.face_detector, det_ckpt, lm_ckpt, device=device, flip_test=flip,
+                backend=args.backend, precision=args.precision,
+                device_pipeline=None if args.device_pipeline == "auto" else args.device_pipeline == "on",
+                jpeg_decoder=args.jpeg_decoder, cuda_graphs=args.cuda_graphs,
+            )  # fmt: skip
+        except (OSError, ValueError, RuntimeError) as e:
+            logger.error("bench: cannot load the models: %s", e)
+            return 2
         ref = None
         if args.compare_upstream:
             import anime_face_detector

@@ -139,3 +139,23 @@ def test_compare_faces_pairs_by_order_then_by_iou() -> None:
     extra = bench.compare_faces([a, b, _face([200, 200, 220, 220, 0.1], 0.0)], [a, b])
     assert (extra["pairs"], extra["unmatched_ours"], extra["unmatched_ref"]) == (2, 1, 0)
     assert bench.compare_faces([], [a])["unmatched_ref"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--cuda-graphs"], "cuda_graphs=True needs a CUDA device"),
+        (["--precision", "fp16"], "precision must be one of"),
+    ],
+)
+def test_bench_refuses_a_configuration_the_device_cannot_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, flags: list[str], message: str
+) -> None:
+    out = tmp_path / "r.json"
+    argv = ["bench", "--num-images", "1", "--size", "64x64", "--grid", str(TADNE_GRID)]
+    rc = main([*argv, "--device", "cpu", "--quiet", "--json", str(out), *flags])
+    assert rc == 2
+    assert not out.exists()
+    assert message in caplog.text
+    assert "cannot load the models" in caplog.text
