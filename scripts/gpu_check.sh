@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU session in one command (see docs/benchmarks.md, "Running the GPU checks"): builds the
+# extension in place, runs every needs_cuda test, then afd-trt bench on the GPU against upstream
+# (fp32, fp16, the image path on and off, CUDA graphs, nvJPEG, Faster R-CNN). Everything lands
+# in $OUT (the device tool's folder; ./gpu-out elsewhere) as at most 5 files.
+#
+# Prepared here first by scripts/gpu_prepare.sh (the grid image and the oracle's wheel in .gpu/,
+# which the device tool carries). Overrides for a dry run on a CPU machine:
+#   DEVICE=cpu LOW_PRECISION=bf16 NUM_IMAGES=2 SIZE=320x192 BATCHES=2 BIG_BATCH= bash scripts/gpu_check.sh
+# (there the --cuda-graphs runs are refused with exit 2, as they should be).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+device=${DEVICE:-cuda}
+n=${NUM_IMAGES:-64}
+size=${SIZE:-1280x720}
+py=${PYTHON:-python3}
+lp=${LOW_PRECISION:-fp16}
+export PYTHONUNBUFFERED=1
+log="$out/gpu_check.log"
+exec > >(tee -a "$log") 2>&1
+echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) device=$device"
+(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv) || true
+
+site=/tmp/afd_site
+if ls .gpu/*.whl >/dev/null 2>&1; then
+  "$py" -m pip install -q --no-index --no-deps --ignore-requires-python --no-compile --no-cache-dir --upgrade --target "$site" .gpu/*.whl ||
+    exit 1
+fi
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+export AFD_TRT_SHARED_DATA=${AFD_TRT_SHARED_DATA:-$PWD/.gpu}
+export AFD_TRT_CACHE=/tmp/afd_cache
+"$py" -c "import torch, torchvision, cv2; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, 'cv2', cv2.__version__)"
+
+echo "== build (in place)"
+PYTHON="$py" timeout 300 bash scripts/dev_build.sh || exit 1
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  echo "== needs_cuda tests"
+  timeout "${TEST_SECONDS:-300}" "$py" -m pytest -q -p no:cacheprovider -m needs_cuda -rA \
+    tests/ >"$out/needs_cuda.log" 2>&1
+  echo "pytest exit $?"
+  tail -n 40 "$out/needs_cuda.log"
+fi
+
+echo "== bench"
+weights=/tmp/afd_weights
+[ -f "$weights/mmpose_anime-face_hrnetv2.pth" ] || "$py" -m afd_trt.cli --log-level WARNING make-test-weights "$weights" --seed 0 >/dev/null
+jsonl="$out/bench.jsonl"
+: >"$jsonl"
+bench() {  # bench NAME ARGS...: one run, its JSON appended to bench.jsonl with its name
+  local name=$1
+  shift
+  echo "-- $name: $*"
+  if timeout "${BENCH_SECONDS:-150}" "$py" -m afd_trt.cli --log-level WARNING bench --weights "$weights" \
+    --grid "$AFD_TRT_SHARED_DATA/tadne_grid_3072.jpg" --num-images "$n" --size "$size" --device "$device" \
+    --quiet --compare-upstream --json /tmp/afd_bench.json "$@"; then
+    "$py" -c "import json,sys; r=json.load(open('/tmp/afd_bench.json')); r['run']=sys.argv[1]; print(json.dumps(r))" \
+      "$name" >>"$jsonl"
+  else
+    echo "   $name failed or timed out"
+  fi
+}
+for b in ${BATCHES:-16}; do
+  bench "yolov3-fp32-b$b" --batch-size "$b"
+  bench "yolov3-$lp-b$b" --batch-size "$b" --precision "$lp"
+  bench "yolov3-$lp-b$b-host-path" --batch-size "$b" --precision "$lp" --device-pipeline off
+  bench "yolov3-$lp-b$b-graphs-nvjpeg" --batch-size "$b" --precision "$lp" --cuda-graphs --jpeg-decoder torchvision
+  bench "faster-rcnn-$lp-b$b" --batch-size "$b" --precision "$lp" --face-detector faster-rcnn
+done
+big=${BIG_BATCH-32}
+[ -n "$big" ] && bench "yolov3-$lp-b$big-graphs-nvjpeg" --batch-size "$big" \
+  --precision "$lp" --cuda-graphs --jpeg-decoder torchvision --skip-latency
+echo "== done $(date -u +%FT%TZ); $(wc -l <"$jsonl") bench runs in $jsonl"
