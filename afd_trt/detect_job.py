@@ -554,12 +554,16 @@ def _write_files(
 ) -> None:
     if opts.crops is not None:
         for i, face in enumerate(faces):
-            if opts.crop_mode == "aligned":
-                m = aligned_crop_matrix(face["keypoints"], opts.crop_size, opts.crop_scale)
-            else:
-                m = box_crop_matrix(face["bbox"], opts.crop_size, opts.crop_margin)
-            crop = warp_crop(image, m, opts.crop_size, opts.crop_border)
             name = crop_name(item.path, i, item.frame, opts.crop_ext)
+            try:
+                if opts.crop_mode == "aligned":
+                    m = aligned_crop_matrix(face["keypoints"], opts.crop_size, opts.crop_scale)
+                else:
+                    m = box_crop_matrix(face["bbox"], opts.crop_size, opts.crop_margin)
+                crop = warp_crop(image, m, opts.crop_size, opts.crop_border)
+            except ValueError as e:  # a face collapsed to a point: no crop, the record stays
+                logger.warning("no crop %s: %s", name, e)
+                continue
             write_bytes_atomic(opts.crops / name, _encode(crop, opts.crop_ext), fsync=False)
     if opts.draw is not None:
         drawn = draw_faces(image, faces, opts.draw_landmark_threshold)

@@ -139,9 +139,10 @@ def _user_boxes(boxes: Any, name: str) -> np.ndarray:
     """User boxes -> float32 (N, 4) or (N, 5) ``[x1, y1, x2, y2(, score)]``, validated.
 
     ``boxes``: a sequence (or (N, 4|5) array) of boxes, each 4 or 5 numbers; an empty one gives
-    no faces. Coordinates must be finite; inverted (x2 < x1) and out-of-image boxes are used as
-    given, as upstream does; a box with zero width and height (below 1e-6 px, whose crop would be
-    singular) or one whose width or height overflows float32 is refused. Scores pass through.
+    no faces. Coordinates must be finite; inverted (x2 < x1), out-of-image and zero-size boxes
+    are used as given, as upstream does (a point box: every keypoint on that point, see
+    ``landmarks.degenerate_maps``); one whose width or height overflows float32 is refused.
+    Scores pass through.
     Errors are ``ValueError`` naming ``name`` and the box index.
     """
     if isinstance(boxes, (str, bytes)) or not hasattr(boxes, "__len__"):
@@ -175,8 +176,6 @@ def _user_boxes(boxes: Any, name: str) -> np.ndarray:
             raise ValueError(
                 f"{name}: box {i} is too large (its width or height overflows float32): {r.tolist()}"
             )
-        if size[i].max() < 1e-6:
-            raise ValueError(f"{name}: box {i} has zero width and height: {r.tolist()}")
     return arr
 
 

@@ -90,6 +90,25 @@ def crop_matrices(
     return mats
 
 
+_IDENTITY = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+
+
+def degenerate_maps(mats: np.ndarray) -> np.ndarray:
+    """Crop maps of boxes with zero width and height (whole-image mode on a 1x1 image, or a
+    detection that collapsed to a point): ``cv2.getAffineTransform`` returns all zeros for them,
+    and ``cv2.warpAffine`` then samples image pixel (0, 0) for every crop pixel, which is what
+    upstream feeds HRNetV2 (its keypoints all land on the box's point).
+
+    Args:
+        mats: float64 (N, 2, 3) forward crop maps.
+
+    Returns:
+        bool (N,): True where the 2x2 part is singular.
+    """
+    m = np.asarray(mats, dtype=np.float64).reshape(-1, 2, 3)
+    return np.asarray(m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0] == 0)
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
@@ -126,21 +145,28 @@ class LandmarkEstimator:
         w, h = cfg.input_size
         centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
+        flat = np.flatnonzero(degenerate_maps(mats))
+        if len(flat):
+            logger.warning(
+                "boxes %s have zero width and height: every keypoint lies on the box's point, "
+                "scored on a crop of image pixel (0, 0) (upstream's answer)",
+                flat.tolist(),
+            )
         return mats, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
     def crops(self, image: device_ops.Pixels, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
         cfg = self.cfg
         mats, centers, sizes = self._geometry(boxes)
-        crops = ops.warp_crops(
-            device_ops.to_host(image),
-            mats,
-            cfg.input_size,
-            cfg.mean,
-            cfg.std,
-            threads=self.threads,
-            mode=self.warp_mode,
-        )
+        flat = degenerate_maps(mats)
+        host = device_ops.to_host(image)
+
+        def warp(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+            return ops.warp_crops(host, m, size, cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode)
+
+        crops = warp(np.where(flat[:, None, None], _IDENTITY, mats), cfg.input_size)
+        if flat.any():  # cv2's warp by a zero map: pixel (0, 0) everywhere, normalised as any crop
+            crops[flat] = warp(_IDENTITY, (1, 1))[0]
         return crops, centers, sizes
 
     def _crops_on(
@@ -149,9 +175,15 @@ class LandmarkEstimator:
         """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values)."""
         cfg = self.cfg
         mats, centers, sizes = self._geometry(boxes)
-        crops = device_ops.warp_crops(
-            device_ops.upload(image, device), mats, cfg.input_size, cfg.mean, cfg.std, mode=self.warp_mode
-        )
+        flat = degenerate_maps(mats)
+        pixels = device_ops.upload(image, device)
+
+        def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+            return device_ops.warp_crops(pixels, m, size, cfg.mean, cfg.std, mode=self.warp_mode)
+
+        crops = warp(np.where(flat[:, None, None], _IDENTITY, mats), cfg.input_size)
+        if flat.any():  # as in crops()
+            crops[torch.from_numpy(flat).to(crops.device)] = warp(_IDENTITY, (1, 1))[0]
         return crops, centers, sizes
 
     def _heatmaps(self, crops: torch.Tensor, flip_test: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

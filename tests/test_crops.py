@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -235,3 +237,30 @@ def test_crop_names_stable_and_distinct() -> None:
     assert a != crop_name("shots/b/img.png", 0)
     assert crop_name("v.mp4", 3, frame=12, ext="jpg").endswith("_frame000012_f03.jpg")
     assert source_tag("dir/we ird:name.jpg").startswith("we_ird_name_")
+
+
+@pytest.mark.parametrize("mode", ["aligned", "box"])
+def test_a_face_without_a_crop_keeps_the_other_crops(
+    tmp_path: Path, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A face collapsed to a point (a point box, all keypoints on one spot: what a zero-size box
+    gives) has no crop; the run logs it and writes the other faces' crops."""
+    from afd_trt.detect_job import DetectOptions, WorkItem, _write_files
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    good_kpts = np.concatenate([rng.uniform(40, 100, (28, 2)), rng.uniform(0, 1, (28, 1))], axis=1).astype(
+        np.float32
+    )
+    point = np.zeros((28, 3), np.float32)
+    point[:, :2] = (30.0, 40.0)
+    faces = [
+        {"bbox": np.array([30, 40, 30, 40, 0.9], np.float32), "keypoints": point},
+        {"bbox": np.array([40, 40, 100, 100, 0.8], np.float32), "keypoints": good_kpts},
+    ]
+    opts = DetectOptions(inputs=[], output=tmp_path / "out.jsonl", crops=tmp_path / "crops", crop_mode=mode)
+    opts.crops.mkdir()  # type: ignore[union-attr]
+    _write_files(opts, WorkItem(path=str(tmp_path / "a.png")), image, faces)
+    written = sorted(p.name for p in (tmp_path / "crops").iterdir())
+    assert written == [crop_name(str(tmp_path / "a.png"), 1, None, "png")]
+    assert f"no crop {crop_name(str(tmp_path / 'a.png'), 0, None, 'png')}" in caplog.text

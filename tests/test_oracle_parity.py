@@ -154,6 +154,39 @@ def test_whole_image_without_detector_matches_upstream(weights: dict[str, dict[s
     assert_same_faces(ours, ref, "whole image")
 
 
+@pytest.mark.parametrize("device_pipeline", [False, True], ids=["host", "device-pipeline"])
+@pytest.mark.parametrize("flip", [True, False], ids=["flip", "noflip"])
+def test_whole_image_of_a_single_pixel_matches_upstream(
+    weights: dict[str, dict[str, Path]], flip: bool, device_pipeline: bool
+) -> None:
+    """A 1x1 image's whole-image box has zero width and height: upstream's zero crop map samples
+    pixel (0, 0) everywhere and puts every keypoint at (0, 0). Same here, in a batch beside images
+    whose boxes are ordinary (so the degenerate crop sits among real ones)."""
+    rng = np.random.default_rng(int(flip) + 2 * int(device_pipeline))
+    images = [
+        rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((1, 1, 3), (2, 1, 3), (1, 1, 3), (5, 3, 3))
+    ]
+    images[2][:] = (255, 0, 17)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        oracle = _oracle(weights, None, flip, 1.1)
+        refs = [oracle(img) for img in images]
+        ours = afd_trt.Detector(
+            None,
+            None,
+            weights["hrnetv2"]["pth"],
+            device="cpu",
+            flip_test=flip,
+            device_pipeline=device_pipeline,
+        ).detect_batch(images)
+    for i, (a, r) in enumerate(zip(ours, refs, strict=True)):
+        assert_same_faces(a, r, f"image {i} {images[i].shape}")
+        np.testing.assert_array_equal(a[0]["keypoints"], r[0]["keypoints"])
+    assert not ours[0][0]["keypoints"][:, :2].any()
+    # The two single-pixel images differ only in colour, so the scores (from the crop) differ.
+    assert not np.array_equal(ours[0][0]["keypoints"][:, 2], ours[2][0]["keypoints"][:, 2])
+
+
 def test_detect_batch_equals_single_calls(weights: dict[str, dict[str, Path]]) -> None:
     det = _ours(weights, "yolov3", True, 1.1, "pth")
     imgs = [
