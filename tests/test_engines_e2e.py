@@ -20,6 +20,7 @@ from images import synthetic
 
 from afd_trt.config import FasterRCNNConfig, YOLOv3Config, load_config
 from afd_trt.detector import Detector
+from afd_trt.landmarks import boxes_to_center_scale
 
 BACKENDS = ("torchscript", "onnxruntime", "openvino")
 # three aspect ratios: network inputs 256x320, 320x192 and 320x320 (yolov3), none the build shape
@@ -146,14 +147,16 @@ def test_detector_backend_matches_eager(
             np.testing.assert_allclose(g["bbox"][4], w["bbox"][4], rtol=0, atol=BOX_SCORE[backend])
 
 
-def _landmark_pairs(det: Detector, want: Faces, flip: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(backend, eager) keypoints float32 (28, 3) per face, the backend run on the eager run's boxes:
-    a box that differs in its last bits moves the uint8 crop by a grey level here and there, which
-    would blur what the engine itself does."""
+def _landmark_pairs(
+    det: Detector, want: Faces, flip: bool
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(backend, eager) keypoints float32 (28, 3) and the face's box per face, the backend run on
+    the eager run's boxes: a box that differs in its last bits moves the uint8 crop by a grey level
+    here and there, which would blur what the engine itself does."""
     det.flip_test = flip
     got = [det(img, boxes=[f["bbox"] for f in faces]) for img, faces in zip(IMAGES, want, strict=True)]
     return [
-        (g["keypoints"], w["keypoints"])
+        (g["keypoints"], w["keypoints"], w["bbox"])
         for g_faces, w_faces in zip(got, want, strict=True)
         for g, w in zip(g_faces, w_faces, strict=True)
     ]
@@ -167,17 +170,21 @@ def test_landmark_scores_match_eager(
     detectors: dict[tuple[str, str], Detector],
     eager: dict[tuple[str, bool], Faces],
 ) -> None:
-    for got, want in _landmark_pairs(detectors[name, backend], eager[name, flip], flip):
+    for got, want, _ in _landmark_pairs(detectors[name, backend], eager[name, flip], flip):
         np.testing.assert_allclose(got[:, 2], want[:, 2], rtol=0, atol=KPT_SCORE)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 3 open): the seeded HRNet stand-ins give flat heatmaps on which the DARK "
-    "step is ill-conditioned, so last-ulp differences between oneDNN and ONNX Runtime / OpenVINO / "
-    "TorchScript kernels move some keypoints by ~0.1 px (> 0.05). Heatmaps themselves agree to 1e-6 relative "
-    "(test_engines.py); the eager path matches upstream bit for bit (test_oracle_parity.py).",
-)
+def _on_the_heatmap(keypoints: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """bool (28,): keypoints inside the span of the face's 64x64 heatmap (plus one heatmap pixel).
+    DARK puts a keypoint outside it only when its Newton step is ill-conditioned (a ridge or plateau
+    in the blurred log heatmap, which the seeded stand-ins' broad random peaks sometimes have and
+    trained heatmaps do not): such a step divides by a near-zero Hessian, so a last-bit difference
+    in the heatmap moves it by a fixed fraction of its length, not by a fixed number of pixels."""
+    center, scale = boxes_to_center_scale(box[None, :4], 1.0, 1.25, 200.0)
+    half = scale[0] * 200.0 / 2 * (1 + 1 / 32)
+    return np.asarray((np.abs(keypoints[:, :2] - center[0]) <= half).all(axis=1))
+
+
 @pytest.mark.parametrize(("name", "backend", "flip"), CASES)
 def test_landmark_coordinates_match_eager(
     name: str,
@@ -186,8 +193,19 @@ def test_landmark_coordinates_match_eager(
     detectors: dict[tuple[str, str], Detector],
     eager: dict[tuple[str, bool], Faces],
 ) -> None:
-    for got, want in _landmark_pairs(detectors[name, backend], eager[name, flip], flip):
-        np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=0, atol=KPT_PX)
+    """Keypoints within 0.05 px of eager; those DARK threw off the heatmap (ill-conditioned steps,
+    upstream's own arithmetic) within 1e-3 of their distance from the face, and they must be rare."""
+    on_map = off_map = 0
+    for got, want, box in _landmark_pairs(detectors[name, backend], eager[name, flip], flip):
+        inside = _on_the_heatmap(want, box)
+        on_map += int(inside.sum())
+        off_map += int((~inside).sum())
+        np.testing.assert_allclose(got[inside, :2], want[inside, :2], rtol=0, atol=KPT_PX)
+        center = (box[:2] + box[2:4]) / 2
+        reach = np.abs(want[~inside, :2] - center).max(axis=1, initial=0.0, keepdims=True)
+        assert (np.abs(got[~inside, :2] - want[~inside, :2]) <= 1e-3 * reach + KPT_PX).all()
+    assert on_map > 0
+    assert off_map <= 0.02 * (on_map + off_map), f"{off_map} of {on_map + off_map} keypoints off the heatmap"
 
 
 def test_engines_come_from_the_cache(engine_cache: Path, checkpoints: dict[str, Path]) -> None:
