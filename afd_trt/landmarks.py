@@ -139,32 +139,34 @@ class LandmarkEstimator:
         self._flip_sources = device_ops.flip_sources(cfg.num_keypoints, self._flip_pairs)
         self.timer = StageTimes()  # Detector shares its own
 
-    def _geometry(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Crop affines float64 (N, 2, 3), centers float32 (N, 2) and box sizes float32 (N, 2) px."""
+    def _geometry(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Crop affines float64 (N, 2, 3) ready for the warp, bool (N,) point boxes, centers float32
+        (N, 2) and box sizes float32 (N, 2) px. A point box's zero map (``degenerate_maps``) is
+        replaced by the identity; its crop is then filled with pixel (0, 0) (see :meth:`crops`)."""
         cfg = self.cfg
         w, h = cfg.input_size
         centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
-        flat = np.flatnonzero(degenerate_maps(mats))
-        if len(flat):
+        flat = degenerate_maps(mats)
+        if flat.any():
             logger.warning(
                 "boxes %s have zero width and height: every keypoint lies on the box's point, "
                 "scored on a crop of image pixel (0, 0) (upstream's answer)",
-                flat.tolist(),
+                np.flatnonzero(flat).tolist(),
             )
-        return mats, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
+            mats[flat] = _IDENTITY
+        return mats, flat, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
 
     def crops(self, image: device_ops.Pixels, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""
         cfg = self.cfg
-        mats, centers, sizes = self._geometry(boxes)
-        flat = degenerate_maps(mats)
+        mats, flat, centers, sizes = self._geometry(boxes)
         host = device_ops.to_host(image)
 
         def warp(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             return ops.warp_crops(host, m, size, cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode)
 
-        crops = warp(np.where(flat[:, None, None], _IDENTITY, mats), cfg.input_size)
+        crops = warp(mats, cfg.input_size)
         if flat.any():  # cv2's warp by a zero map: pixel (0, 0) everywhere, normalised as any crop
             crops[flat] = warp(_IDENTITY, (1, 1))[0]
         return crops, centers, sizes
@@ -174,14 +176,13 @@ class LandmarkEstimator:
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values)."""
         cfg = self.cfg
-        mats, centers, sizes = self._geometry(boxes)
-        flat = degenerate_maps(mats)
+        mats, flat, centers, sizes = self._geometry(boxes)
         pixels = device_ops.upload(image, device)
 
         def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
             return device_ops.warp_crops(pixels, m, size, cfg.mean, cfg.std, mode=self.warp_mode)
 
-        crops = warp(np.where(flat[:, None, None], _IDENTITY, mats), cfg.input_size)
+        crops = warp(mats, cfg.input_size)
         if flat.any():  # as in crops()
             crops[torch.from_numpy(flat).to(crops.device)] = warp(_IDENTITY, (1, 1))[0]
         return crops, centers, sizes

@@ -18,7 +18,7 @@ import pytest
 import torch
 from images import synthetic
 
-from afd_trt.config import FasterRCNNConfig, YOLOv3Config, load_config
+from afd_trt.config import FasterRCNNConfig, HRNetConfig, YOLOv3Config, load_config
 from afd_trt.detector import Detector
 from afd_trt.landmarks import boxes_to_center_scale
 
@@ -180,8 +180,11 @@ def _on_the_heatmap(keypoints: np.ndarray, box: np.ndarray) -> np.ndarray:
     in the blurred log heatmap, which the seeded stand-ins' broad random peaks sometimes have and
     trained heatmaps do not): such a step divides by a near-zero Hessian, so a last-bit difference
     in the heatmap moves it by a fixed fraction of its length, not by a fixed number of pixels."""
-    center, scale = boxes_to_center_scale(box[None, :4], 1.0, 1.25, 200.0)
-    half = scale[0] * 200.0 / 2 * (1 + 1 / 32)
+    cfg = load_config("hrnetv2")
+    assert isinstance(cfg, HRNetConfig)
+    w, h = cfg.input_size
+    center, scale = boxes_to_center_scale(box[None, :4], w / h, cfg.bbox_padding, cfg.pixel_std)
+    half = scale[0] * cfg.pixel_std / 2 * (1 + 1 / cfg.heatmap_size[0])
     return np.asarray((np.abs(keypoints[:, :2] - center[0]) <= half).all(axis=1))
 
 
