@@ -8,7 +8,8 @@
 # installed there or through PYTHONPATH). atheris is pip-installed into it when it cannot be
 # imported. The native code is not built with libFuzzer instrumentation (that needs clang), so the
 # fuzzer is guided by Python-level coverage only; run scripts/sanitize.sh for memory errors.
-# FUZZ_SEED sets libFuzzer's seed (default 1); FUZZ_OPS restricts the ops (space separated).
+# FUZZ_SEED sets libFuzzer's seed (default 1); FUZZ_OPS restricts the ops (space separated);
+# FUZZ_JOBS harnesses run at a time (default: the number of CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
@@ -23,15 +24,13 @@ fi
 ops=${FUZZ_OPS:-"nms yolo_postprocess rpn_proposals rcnn_postprocess roi_align multilevel_roi_align warp_crops merge_flip decode_heatmaps"}
 out=build/fuzz
 mkdir -p "$out"
-failed=()
-summary=()
+jobs=${FUZZ_JOBS:-$(nproc)}
 start=$SECONDS
-for op in $ops; do
-  harness=tests/fuzz/fuzz_$op.py
-  [ -f "$harness" ] || { echo "fuzz: no harness $harness" >&2; exit 2; }
+
+# One op: its harness for $secs seconds; "<rc> <line>" goes to $out/<op>/result.
+fuzz_op() {
+  local op=$1 harness=tests/fuzz/fuzz_$1.py log=$out/$1/log.txt t0=$SECONDS rc runs
   mkdir -p "$out/$op/corpus"
-  log=$out/$op/log.txt
-  t0=$SECONDS
   # -len_control=0: inputs up to -max_len right away (arrays of a few thousand elements);
   # -timeout: one input running longer is a finding (a hang); -rss_limit_mb: so is a memory blowup.
   set +e
@@ -42,13 +41,30 @@ for op in $ops; do
   set -e
   runs=$(grep -oE 'Done [0-9]+ (runs )?in' "$log" | grep -oE '[0-9]+' | tail -1 || true)
   [ -n "$runs" ] || runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1 || true)
-  line=$(printf '%-22s %10s execs in %4d s  rc=%d' "$op" "${runs:-?}" $((SECONDS - t0)) "$rc")
+  printf '%d %-22s %10s execs in %4d s  rc=%d\n' "$rc" "$op" "${runs:-?}" $((SECONDS - t0)) "$rc" >"$out/$op/result"
+}
+
+for op in $ops; do
+  [ -f "tests/fuzz/fuzz_$op.py" ] || { echo "fuzz: no harness tests/fuzz/fuzz_$op.py" >&2; exit 2; }
+  rm -f "$out/$op/result"
+done
+# $jobs harnesses at a time (each is one single-threaded Python process).
+for op in $ops; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  fuzz_op "$op" &
+done
+wait
+
+failed=()
+summary=()
+for op in $ops; do
+  read -r rc line <"$out/$op/result" || { rc=1; line="$op: no result (the harness runner died)"; }
   echo "fuzz: $line"
   summary+=("$line")
-  if [ $rc -ne 0 ]; then
+  if [ "$rc" -ne 0 ]; then
     failed+=("$op")
-    echo "----- $op: finding (log $log) -----" >&2
-    grep -v -E '^#[0-9]+|^INFO:|^\s*$' "$log" | tail -40 >&2
+    echo "----- $op: finding (log $out/$op/log.txt) -----" >&2
+    grep -v -E '^#[0-9]+|^INFO:|^\s*$' "$out/$op/log.txt" | tail -40 >&2
   fi
 done
 echo "fuzz: summary ($((SECONDS - start)) s)"

@@ -79,14 +79,14 @@ def test_bench_against_upstream(
     out = tmp_path / "bench.json"
     rc = main(
         [
-            "bench", "--weights", str(wdir), "--num-images", "3", "--size", "320x192,256x256",
+            "bench", "--weights", str(wdir), "--num-images", "2", "--size", "320x192,256x256",
             "--grid", str(TADNE_GRID), "--device", "cpu", "--compare-upstream", "--batch-size", "2",
             "--warmup", "0", "--quiet", "--json", str(out), *pipeline,
         ]
     )  # fmt: skip
     assert rc == 0
     r = json.loads(out.read_text())
-    assert r["images"] == 3
+    assert r["images"] == 2
     assert r["size"] == "256x256,320x192"
     assert r["faces"] > 0
     assert r["failed"] == []
@@ -150,10 +150,25 @@ def test_compare_faces_pairs_by_order_then_by_iou() -> None:
     ],
 )
 def test_bench_refuses_a_configuration_the_device_cannot_run(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, flags: list[str], message: str
+    seeded_weights: Callable[[int], Weights],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    flags: list[str],
+    message: str,
 ) -> None:
     out = tmp_path / "r.json"
-    argv = ["bench", "--num-images", "1", "--size", "64x64", "--grid", str(TADNE_GRID)]
+    wdir = seeded_weights(0)["yolov3"]["pth"].parent
+    argv = [
+        "bench",
+        "--weights",
+        str(wdir),
+        "--num-images",
+        "1",
+        "--size",
+        "64x64",
+        "--grid",
+        str(TADNE_GRID),
+    ]
     rc = main([*argv, "--device", "cpu", "--quiet", "--json", str(out), *flags])
     assert rc == 2
     assert not out.exists()

@@ -187,8 +187,11 @@ IMAGES = [
 ]
 
 
-@pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
-@pytest.mark.parametrize("flip_test", [True, False])
+# The flip merge is the landmark stage's, the same after either detector: both flip settings
+# with YOLOv3, flip on with Faster R-CNN (whose every run costs seconds on the CPU).
+@pytest.mark.parametrize(
+    ("face_detector", "flip_test"), [("yolov3", True), ("yolov3", False), ("faster-rcnn", True)]
+)
 def test_device_pipeline_on_cpu_equals_host_pipeline(
     weights: Weights, face_detector: str, flip_test: bool
 ) -> None:
@@ -198,20 +201,23 @@ def test_device_pipeline_on_cpu_equals_host_pipeline(
     assert not host.device_pipeline
     assert dev.device_pipeline
     assert dev.face_detector is not None
-    image = IMAGES[0]()
-    assert not dev.face_detector.prepare(image).normalized  # the uint8 form really is what runs
-    found = 0
-    for make in IMAGES:
-        image = make()
+    images = [make() for make in IMAGES]
+    assert not dev.face_detector.prepare(images[0]).normalized  # the uint8 form really is what runs
+    wants = []
+    for image in images:
         want, got = host(image), dev(image)
-        found += len(want)
+        wants.append(want)
         assert len(got) == len(want)
         for a, b in zip(want, got, strict=True):
             np.testing.assert_array_equal(a["bbox"], b["bbox"])
             np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
-    assert found > 0, "the seeded weights find faces on these images"
-    batch = dev.detect_batch([make() for make in IMAGES])
-    assert [len(r) for r in batch] == [len(host(make())) for make in IMAGES]
+    assert sum(len(w) for w in wants) > 0, "the seeded weights find faces on these images"
+    # Faces of several images share a landmark batch here: equal within fp32 batch noise.
+    for got, want in zip(dev.detect_batch(images), wants, strict=True):
+        assert len(got) == len(want)
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
+            np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.05)
 
 
 @pytest.mark.needs_cuda

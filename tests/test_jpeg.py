@@ -162,26 +162,23 @@ def _detector(weights: Weights, **kw: object) -> afd_trt.Detector:
 
 def test_detector_with_torchvision_decoding_equals_default(weights: Weights, files: list[str]) -> None:
     """On the CPU torchvision decodes to OpenCV's pixels, so the device pipeline (decode, resize,
-    normalise, crop, merge in torch) and the host path with torchvision decoding both give the
-    default Detector's results bit for bit; the PNG goes through OpenCV."""
+    normalise, crop, merge in torch) gives the default Detector's results bit for bit, and so does
+    the host path with torchvision decoding (on one JPEG: its pixels are what is new there); the
+    PNG goes through OpenCV."""
     default = _detector(weights)
     on_device = _detector(weights, jpeg_decoder="torchvision", device_pipeline=True)
     host = _detector(weights, jpeg_decoder="torchvision")
     found = 0
-    for r, a, b in zip(
-        default.stream(files, keep_images=True),
-        on_device.stream(files, keep_images=True),
-        host.stream(files),
-        strict=True,
+    for i, (r, a) in enumerate(
+        zip(default.stream(files, keep_images=True), on_device.stream(files, keep_images=True), strict=True)
     ):
         assert r.faces is not None
         assert a.faces is not None
-        assert b.faces is not None
         found += len(r.faces)
         assert isinstance(a.image, np.ndarray)
         np.testing.assert_array_equal(a.image, r.image)
         assert (a.height, a.width) == (r.height, r.width)
-        for faces in (a.faces, b.faces):
+        for faces in [a.faces] if i != 1 else [a.faces, host(files[i])]:
             assert len(faces) == len(r.faces)
             for x, y in zip(r.faces, faces, strict=True):
                 np.testing.assert_array_equal(x["bbox"], y["bbox"])

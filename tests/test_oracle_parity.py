@@ -185,18 +185,3 @@ def test_whole_image_of_a_single_pixel_matches_upstream(
     assert not ours[0][0]["keypoints"][:, :2].any()
     # The two single-pixel images differ only in colour, so the scores (from the crop) differ.
     assert not np.array_equal(ours[0][0]["keypoints"][:, 2], ours[2][0]["keypoints"][:, 2])
-
-
-def test_detect_batch_equals_single_calls(weights: dict[str, dict[str, Path]]) -> None:
-    det = _ours(weights, "yolov3", True, 1.1, "pth")
-    imgs = [
-        IMAGES["tadne_tile"](),
-        IMAGES["tadne_720p"](),
-        tadne_crop(1024, 2048, 512, 512),
-        IMAGES["tiny"](),
-    ]
-    batch = det.detect_batch(imgs)
-    assert len(batch) == len(imgs)
-    assert sum(len(r) for r in batch) > 0
-    for img, got in zip(imgs, batch, strict=True):
-        assert_same_faces(got, det(img), "detect_batch vs single")

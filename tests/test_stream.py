@@ -36,6 +36,12 @@ def images() -> list[np.ndarray]:
     ]
 
 
+@pytest.fixture(scope="module")
+def singles(det: afd_trt.Detector, images: list[np.ndarray]) -> list[list[dict[str, np.ndarray]]]:
+    """``det(image)`` of each of ``images``, one call per image: what the stream must reproduce."""
+    return [det(img) for img in images]
+
+
 def _same(a: list[dict[str, np.ndarray]] | None, b: list[dict[str, np.ndarray]]) -> None:
     assert a is not None
     assert len(a) == len(b)
@@ -46,7 +52,12 @@ def _same(a: list[dict[str, np.ndarray]] | None, b: list[dict[str, np.ndarray]])
 
 @pytest.mark.parametrize(("batch_size", "workers"), [(1, 0), (3, 2), (8, 1)])
 def test_stream_equals_single_calls_in_order(
-    det: afd_trt.Detector, images: list[np.ndarray], tmp_path: Path, batch_size: int, workers: int
+    det: afd_trt.Detector,
+    images: list[np.ndarray],
+    singles: list[list[dict[str, np.ndarray]]],
+    tmp_path: Path,
+    batch_size: int,
+    workers: int,
 ) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -59,18 +70,16 @@ def test_stream_equals_single_calls_in_order(
     assert not results[1].ok
     assert str(bad) in str(results[1].error)
     assert results[1].faces is None
-    for r, img in zip(
-        [results[0], results[2], results[3], results[4]],
-        [images[0], images[2], images[1], images[3]],
-        strict=True,
-    ):
+    for r, i in zip([results[0], results[2], results[3], results[4]], [0, 2, 1, 3], strict=True):
         assert r.ok, r.error
-        assert (r.height, r.width) == img.shape[:2]
-        _same(r.faces, det(img))
+        assert (r.height, r.width) == images[i].shape[:2]
+        _same(r.faces, singles[i])
     assert any(r.faces for r in results if r.ok), "the seeded weights find faces on these images"
 
 
-def test_stream_reads_lazily_and_boundedly(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+def test_stream_reads_lazily_and_boundedly(
+    det: afd_trt.Detector, images: list[np.ndarray], singles: list[list[dict[str, np.ndarray]]]
+) -> None:
     pulled = 0
 
     def endless() -> Iterator[np.ndarray]:
@@ -86,26 +95,30 @@ def test_stream_reads_lazily_and_boundedly(det: afd_trt.Detector, images: list[n
     assert [r.index for r in first] == [0, 1, 2, 3, 4]
     # Read-ahead is bounded by 2 * batch_size + workers beyond what was yielded.
     assert pulled <= 5 + 2 * batch_size + workers + batch_size
-    _same(first[4].faces, det(images[0]))
+    _same(first[4].faces, singles[0])
 
 
-def test_stream_boxes_in_step(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+def test_stream_boxes_in_step(
+    det: afd_trt.Detector, images: list[np.ndarray], singles: list[list[dict[str, np.ndarray]]]
+) -> None:
     boxes = [None, [[10, 12, 120, 140, 0.9]], [], None]
     results = list(det.stream(images, boxes=boxes, batch_size=2))
-    _same(results[0].faces, det(images[0]))
+    _same(results[0].faces, singles[0])
     _same(results[1].faces, det(images[1], boxes=boxes[1]))
     assert results[2].faces == []
     with pytest.raises(ValueError, match="ran out at image 2"):
         list(det.stream(images, boxes=boxes[:2], batch_size=1))
 
 
-def test_stream_bad_boxes_lose_nothing(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+def test_stream_bad_boxes_lose_nothing(
+    det: afd_trt.Detector, images: list[np.ndarray], singles: list[list[dict[str, np.ndarray]]]
+) -> None:
     boxes = [None, [[10, 12, float("nan"), 140]], None]
     results = list(det.stream(images[:3], boxes=boxes, batch_size=3))
     assert results[1].error is not None
     assert "non-finite" in str(results[1].error)
-    _same(results[0].faces, det(images[0]))
-    _same(results[2].faces, det(images[2]))
+    _same(results[0].faces, singles[0])
+    _same(results[2].faces, singles[2])
 
 
 def test_stream_keeps_images_on_request(
@@ -127,15 +140,15 @@ def test_stream_argument_errors(det: afd_trt.Detector, images: list[np.ndarray])
 
 
 def test_detect_batch_uses_the_stream_and_keeps_results(
-    det: afd_trt.Detector, images: list[np.ndarray]
+    det: afd_trt.Detector, images: list[np.ndarray], singles: list[list[dict[str, np.ndarray]]]
 ) -> None:
     items: list[object] = [images[0], np.zeros((4, 4), np.float32), images[1]]
     with pytest.raises(afd_trt.BatchError) as info:
         det.detect_batch(items, batch_size=2)  # type: ignore[arg-type]
     assert set(info.value.errors) == {1}
     assert "float32" in str(info.value.errors[1])
-    _same(info.value.results[0], det(images[0]))
-    _same(info.value.results[2], det(images[1]))
+    _same(info.value.results[0], singles[0])
+    _same(info.value.results[2], singles[1])
 
 
 def test_stage_timings(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
@@ -201,12 +214,15 @@ def test_out_of_memory_splits_the_batch(
 
 
 def test_out_of_memory_on_one_image_is_that_image_error(
-    seeded_weights: Callable[[int], Weights], images: list[np.ndarray]
+    seeded_weights: Callable[[int], Weights],
+    images: list[np.ndarray],
+    singles: list[list[dict[str, np.ndarray]]],
 ) -> None:
     w = seeded_weights(0)
+    # The `det` fixture's settings (singles come from it); a detector of its own to patch.
     det = afd_trt.Detector("yolov3", w["yolov3"]["pth"], w["hrnetv2"]["pth"], device="cpu", flip_test=False)
     det.batch_images = True
-    counts = [len(det(img)) for img in images]
+    counts = [len(faces) for faces in singles]
     det.landmarks.engine = _OutOfMemoryAbove(det.landmarks.engine, max(counts) - 1)
     got: list[StreamResult] = list(det.stream(images, batch_size=4))
     worst = int(np.argmax(counts))
