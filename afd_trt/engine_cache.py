@@ -7,6 +7,9 @@ Layout (``root`` = ``$AFD_TRT_CACHE/engines``, else ``$XDG_CACHE_HOME/afd_trt/en
     root/<model>/<backend>-<precision>-<device>-<digest16><suffix>.json   its metadata sidecar
     root/<model>/<backend>-<precision>-<device>-<digest16><suffix>.lock   build lock (kept)
 
+ONNX models, which every ONNX runtime shares, are entries of backend ``onnx`` on device
+``portable`` (``root/<model>/onnx-fp32-portable-<digest16>.onnx``, see ``afd_trt.engines``).
+
 ``digest16`` is the start of the sha256 of the whole :class:`EngineKey` (model, weights sha256,
 config hash, backend, device, runtime version, precision, cache format). The sidecar repeats the
 key and records the engine file's sha256 and size: an entry whose file does not hash to it
@@ -112,8 +115,9 @@ class EngineKey:
         model: network name (``"yolov3"``, ``"faster-rcnn"``, ``"faster-rcnn-box-head"``, ``"hrnetv2"``).
         weights_sha256: :func:`state_dict_sha256` of the network's weights.
         config_hash: :func:`afd_trt.config.config_hash` of the model config (with its ``[engine]`` profiles).
-        backend: ``"torchscript"``, ``"onnxruntime"`` or ``"tensorrt"``.
-        device: :func:`device_tag` of the target.
+        backend: ``"torchscript"``, ``"tensorrt"``, or ``"onnx"`` (the ONNX model that ONNX
+            Runtime, OpenVINO and TensorRT's builder share).
+        device: :func:`device_tag` of the target (``"portable"`` for an ONNX model).
         runtime: runtime version(s), e.g. ``"torch-2.4.0"`` or ``"tensorrt-10.3.0"``.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
     """

@@ -19,6 +19,9 @@ outputs returned as float32; results then deviate from upstream's fp32 (``afd-tr
 - ``tensorrt``: the ONNX model built into a TensorRT 10 plan with the config's optimisation
   profile; CUDA only, fp32 or fp16.
 
+A network's ONNX model is exported once into the cache (:func:`cached_onnx`) and shared: ONNX
+Runtime and OpenVINO load that file on any device and precision, TensorRT builds its plans from it.
+
 ``"auto"`` picks the fastest available per network and device (:func:`resolve_backend`). Built
 engines live in an :class:`~afd_trt.engine_cache.EngineCache`.
 """
@@ -30,7 +33,6 @@ import copy
 import functools
 import importlib.util
 import logging
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -44,6 +46,7 @@ from torch import nn
 
 from .config import ModelConfig, ShapeProfile, config_hash
 from .engine_cache import EngineCache, EngineKey, EngineMismatchError, device_tag, state_dict_sha256
+from .weights import sha256_file
 
 __all__ = [
     "AUTO_CPU",
@@ -61,12 +64,14 @@ __all__ = [
     "TorchEngine",
     "TorchScriptEngine",
     "build_tensorrt_plan",
+    "cached_onnx",
     "create_engine",
     "engine_metadata",
     "export_onnx",
     "flatten_outputs",
     "load_engine_file",
     "networks_of",
+    "onnx_key",
     "optimize_torchscript",
     "resolve_backend",
     "trace_torchscript",
@@ -549,7 +554,9 @@ def _target_meta(device: torch.device) -> dict[str, Any]:
     return meta
 
 
-def _build_torchscript(net: Network, device: torch.device, precision: str, dest: Path) -> dict[str, Any]:
+def _build_torchscript(
+    net: Network, device: torch.device, precision: str, dest: Path, cache: EngineCache
+) -> dict[str, Any]:
     module = trace_torchscript(net.module, net.io, device, precision)
     with _quiet_export():
         torch.jit.save(module, str(dest))
@@ -560,9 +567,33 @@ def _load_torchscript(path: Path, net: Network, device: torch.device, precision:
     return TorchScriptEngine.load(path, net.io, device, precision)
 
 
-def _build_onnx(net: Network, device: torch.device, precision: str, dest: Path) -> dict[str, Any]:
-    export_onnx(net.module, net.io, dest)
-    return {"onnx_opset": ONNX_OPSET}
+def onnx_key(net: Network) -> EngineKey:
+    """The cache key of ``net``'s ONNX model. One file serves every backend that runs ONNX (ONNX
+    Runtime, OpenVINO, TensorRT's builder) on every device and precision: an exported graph is fp32
+    and portable, so only the weights, the config, the exporting torch and the opset make it."""
+    return EngineKey(
+        model=net.name,
+        weights_sha256=net.weights_sha256,
+        config_hash=net.config_hash,
+        backend="onnx",
+        device="portable",
+        runtime=f"torch-{torch.__version__}+opset-{ONNX_OPSET}",
+        precision="fp32",
+    )
+
+
+def cached_onnx(net: Network, cache: EngineCache) -> Path:
+    """``net``'s ONNX model in ``cache`` (:func:`onnx_key`), exported (from a CPU copy of the
+    module when it lives on a GPU) the first time it is asked for."""
+
+    def build(dest: Path) -> dict[str, Any]:
+        module = net.module
+        if next(module.parameters()).device.type != "cpu":
+            module = copy.deepcopy(module).to("cpu")
+        export_onnx(module, net.io, dest)
+        return {"onnx_opset": ONNX_OPSET, "exported_by": f"torch-{torch.__version__}"}
+
+    return cache.load_or_build(onnx_key(net), ".onnx", build, lambda p: p)
 
 
 def _load_onnx(path: Path, net: Network, device: torch.device, precision: str) -> Engine:
@@ -577,7 +608,9 @@ def _profile_meta(name: str, p: ShapeProfile) -> dict[str, Any]:
     return {name: {"min": list(p.min), "opt": list(p.opt), "max": list(p.max)}}
 
 
-def _build_tensorrt(net: Network, device: torch.device, precision: str, dest: Path) -> dict[str, Any]:
+def _build_tensorrt(
+    net: Network, device: torch.device, precision: str, dest: Path, cache: EngineCache
+) -> dict[str, Any]:
     trt = _tensorrt()
     profile = net.profile()
     if profile is None:
@@ -585,12 +618,11 @@ def _build_tensorrt(net: Network, device: torch.device, precision: str, dest: Pa
             f"backend 'tensorrt' for {net.name}: the model config has no [engine.profiles.{net.io.input_name}] "
             "table (min/opt/max input shapes)"
         )
-    with tempfile.TemporaryDirectory(prefix="afd_trt_onnx_") as tmp:
-        onnx_path = Path(tmp) / f"{net.name}.onnx"
-        export_onnx(copy.deepcopy(net.module).to("cpu"), net.io, onnx_path)
-        with torch.cuda.device(device):
-            dest.write_bytes(build_tensorrt_plan(onnx_path, net.io.input_name, profile, precision))
+    onnx_path = cached_onnx(net, cache)
+    with torch.cuda.device(device):
+        dest.write_bytes(build_tensorrt_plan(onnx_path, net.io.input_name, profile, precision))
     return {
+        "onnx_sha256": sha256_file(onnx_path),
         "tensorrt": trt.__version__,
         "precision": precision,
         "profiles": _profile_meta(net.io.input_name, profile),
@@ -605,15 +637,19 @@ def _load_tensorrt(path: Path, net: Network, device: torch.device, precision: st
 
 @dataclass(frozen=True)
 class Backend:
-    """A backend whose engines are built into the cache: file suffix, runtime version, the
-    devices and precisions it supports, how to build a file and how to load one."""
+    """A backend whose engines come from the engine cache: the runtime version, the devices and
+    precisions it supports, and how its file is built and loaded.
+
+    ``suffix``/``build``: the backend's own file (a TorchScript module, a TensorRT plan); None for a
+    runtime that loads the network's shared ONNX model (:func:`cached_onnx`) as it is.
+    """
 
     name: str
-    suffix: str
+    suffix: str | None
     runtime: Callable[[], str]
     devices: tuple[str, ...]
     precisions: Mapping[str, tuple[str, ...]]  # device type -> precisions
-    build: Callable[[Network, torch.device, str, Path], dict[str, Any]]
+    build: Callable[[Network, torch.device, str, Path, EngineCache], dict[str, Any]] | None
     load: Callable[[Path, Network, torch.device, str], Engine]
     contains_code: bool
 
@@ -642,13 +678,23 @@ class Backend:
             precision=precision,
         )
 
+    def entry(self, net: Network, device: torch.device, precision: str) -> tuple[EngineKey, str]:
+        """The cache key and file suffix of what :meth:`create` loads (device and precision checked)."""
+        key = self.key(net, device, precision)
+        if self.suffix is None:
+            return onnx_key(net), ".onnx"
+        return key, self.suffix
+
     def create(self, net: Network, device: torch.device, precision: str, cache: EngineCache) -> Engine:
         key = self.key(net, device, precision)
         if precision == "bf16":
             warn_if_slow_bf16(device)
+        if self.suffix is None or self.build is None:
+            return self.load(cached_onnx(net, cache), net, device, precision)
+        build_file = self.build
 
         def build(dest: Path) -> dict[str, Any]:
-            return {"target": _target_meta(device), **self.build(net, device, precision, dest)}
+            return {"target": _target_meta(device), **build_file(net, device, precision, dest, cache)}
 
         return cache.load_or_build(key, self.suffix, build, lambda p: self.load(p, net, device, precision))
 
@@ -662,12 +708,12 @@ BACKENDS: dict[str, Backend] = {
             True,
         ),
         Backend(
-            "onnxruntime", ".onnx", _ort_runtime, ("cpu", "cuda"),
-            {"cpu": ("fp32",), "cuda": ("fp32",)}, _build_onnx, _load_onnx, False,
+            "onnxruntime", None, _ort_runtime, ("cpu", "cuda"),
+            {"cpu": ("fp32",), "cuda": ("fp32",)}, None, _load_onnx, False,
         ),
         Backend(
-            "openvino", ".onnx", _ov_runtime, ("cpu",),
-            {"cpu": ("fp32", "bf16")}, _build_onnx, _load_openvino, False,
+            "openvino", None, _ov_runtime, ("cpu",),
+            {"cpu": ("fp32", "bf16")}, None, _load_openvino, False,
         ),
         Backend(
             "tensorrt", ".plan", _trt_runtime, ("cuda",),
@@ -808,7 +854,12 @@ def load_engine_file(
         )
     runtime = spec.check(device, precision)
     meta = cache.read_metadata(path)
-    if meta is not None:
+    if meta is not None and spec.suffix is None:
+        # A runtime of the shared ONNX model: any device and runtime may load it.
+        made_by = meta.get("key", {}).get("backend")
+        if made_by != "onnx":
+            raise EngineMismatchError(f"{path}: its metadata says a {made_by!r} engine, not an ONNX model")
+    elif meta is not None:
         rec = meta.get("key", {})
         here = (device_tag(device), runtime)
         built = (rec.get("device"), rec.get("runtime"))

@@ -103,8 +103,9 @@ def build(
                         spec = BACKENDS.get(backend)
                         if spec is None:
                             raise BackendUnavailableError(f"backend {backend!r} builds no engine file")
-                        entry = cache.path_for(spec.key(net, dev, precision), spec.suffix)
-                        was_valid = cache.validate(entry, spec.key(net, dev, precision)) is None
+                        key, suffix = spec.entry(net, dev, precision)
+                        entry = cache.path_for(key, suffix)
+                        was_valid = cache.validate(entry, key) is None
                         create_engine(backend, net, dev, precision=precision, cache=cache)
                         rec.update(path=str(entry), status="cached" if was_valid else "built")
                     except (BackendUnavailableError, ValueError) as e:

@@ -33,6 +33,7 @@ from afd_trt.engines import (
     resolve_backend,
 )
 from afd_trt.models import build_model
+from afd_trt.weights import sha256_file
 
 CPU = torch.device("cpu")
 TOL = {"torchscript": 1e-5, "onnxruntime": 1e-4, "openvino": 1e-4}
@@ -140,11 +141,13 @@ def test_reloaded_engine_agrees(
     cache_dir: Path,
 ) -> None:
     first = engines[network, backend]
-    files = sorted(cache_dir.glob(f"{network}/{backend}-*"))
+    # Its own file (TorchScript), or the network's shared ONNX model (ONNX Runtime, OpenVINO).
+    files = sorted(cache_dir.glob(f"{network}/{backend if backend == 'torchscript' else 'onnx'}-*"))
+    assert files
     stamps = {p: p.stat().st_mtime_ns for p in files}
     again = create_engine(backend, networks[network], CPU, cache=cache_dir)
     assert again is not first
-    assert {p: p.stat().st_mtime_ns for p in sorted(cache_dir.glob(f"{network}/{backend}-*"))} == stamps
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps, "loaded back, not rebuilt"
     x = inputs(SHAPES[network][-1], 7)
     for a, b in zip(again(x), first(x), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -157,7 +160,7 @@ def test_engine_files_and_metadata(
 
     engines["faster-rcnn-box-head", "onnxruntime"]
     engines["faster-rcnn-box-head", "torchscript"]
-    (onnx_path,) = cache_dir.glob("faster-rcnn-box-head/onnxruntime-fp32-*.onnx")
+    (onnx_path,) = cache_dir.glob("faster-rcnn-box-head/onnx-fp32-portable-*.onnx")
     model = onnx.load(str(onnx_path))
     onnx.checker.check_model(model, full_check=True)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
@@ -167,11 +170,35 @@ def test_engine_files_and_metadata(
     assert [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]] == [256, 7, 7]
     assert [o.name for o in model.graph.output] == ["cls", "reg"]
     meta = json.loads(onnx_path.with_name(onnx_path.name + ".json").read_text())
-    assert meta["key"]["backend"] == "onnxruntime"
+    assert meta["key"]["backend"] == "onnx"
+    assert meta["key"]["device"] == "portable"
     assert meta["key"]["config_hash"] == networks["faster-rcnn-box-head"].config_hash
     assert meta["key"]["weights_sha256"] == networks["faster-rcnn-box-head"].weights_sha256
     assert meta["onnx_opset"] >= 17
-    assert meta["target"]["device_tag"].startswith("cpu-")
+    assert meta["exported_by"] == f"torch-{torch.__version__}"
+    (ts_path,) = cache_dir.glob("faster-rcnn-box-head/torchscript-fp32-*.ts")
+    ts_meta = json.loads(ts_path.with_name(ts_path.name + ".json").read_text())
+    assert ts_meta["key"]["backend"] == "torchscript"
+    assert ts_meta["target"]["device_tag"].startswith("cpu-")
+
+
+def test_onnx_runtimes_share_one_onnx_file(networks: dict[str, Network], tmp_path: Path) -> None:
+    """ONNX Runtime, and OpenVINO at both precisions, load the one ONNX model exported into the
+    cache (no copy per backend); a second cache directory exports its own."""
+    net = networks["hrnetv2"]
+    x = inputs(SHAPES["hrnetv2"][0], 11)
+    ort = create_engine("onnxruntime", net, CPU, cache=tmp_path)
+    (onnx_path,) = tmp_path.glob("hrnetv2/*.onnx")
+    stamp = onnx_path.stat().st_mtime_ns
+    ov32 = create_engine("openvino", net, CPU, cache=tmp_path)
+    ov16 = create_engine("openvino", net, CPU, precision="bf16", cache=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("hrnetv2/*.onnx")) == [onnx_path.name]
+    assert onnx_path.stat().st_mtime_ns == stamp
+    assert [e.name for e in (ort, ov32, ov16)] == ["onnxruntime", "openvino", "openvino"]
+    want = create_engine("torch", net, CPU)(x)
+    assert max(rel_dev(ort(x), want)) <= TOL["onnxruntime"]
+    assert max(rel_dev(ov32(x), want)) <= TOL["openvino"]
+    assert max(rel_dev(ov16(x), want)) <= 0.05
 
 
 def test_detector_onnx_has_dynamic_image_axes(
@@ -180,7 +207,7 @@ def test_detector_onnx_has_dynamic_image_axes(
     import onnx
 
     engines["yolov3", "onnxruntime"]
-    (onnx_path,) = cache_dir.glob("yolov3/onnxruntime-fp32-*.onnx")
+    (onnx_path,) = cache_dir.glob("yolov3/onnx-fp32-portable-*.onnx")
     model = onnx.load(str(onnx_path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
@@ -203,12 +230,25 @@ def test_engine_files_need_trust_outside_the_cache(
     for a, b, c in zip(trusted(x), inside(x), first(x), strict=True):
         torch.testing.assert_close(a, c, rtol=0, atol=0)
         torch.testing.assert_close(b, c, rtol=0, atol=0)
-    # ONNX holds no code: it loads from anywhere
+    # ONNX holds no code: it loads from anywhere, into either ONNX runtime, its sidecar or not.
     engines["faster-rcnn-box-head", "onnxruntime"]
-    (onnx_path,) = cache_dir.glob("faster-rcnn-box-head/onnxruntime-*.onnx")
-    shutil.copy(onnx_path, tmp_path / onnx_path.name)
-    onnx_engine = load_engine_file(tmp_path / onnx_path.name, "onnxruntime", "faster-rcnn-box-head", CPU)
+    (onnx_path,) = cache_dir.glob("faster-rcnn-box-head/onnx-*.onnx")
+    bare = tmp_path / "bare" / onnx_path.name
+    bare.parent.mkdir()
+    shutil.copy(onnx_path, bare)
+    onnx_engine = load_engine_file(bare, "onnxruntime", "faster-rcnn-box-head", CPU)
     assert onnx_engine.name == "onnxruntime"
+    onnx_copy = tmp_path / onnx_path.name
+    shutil.copy(onnx_path, onnx_copy)
+    shutil.copy(onnx_path.with_name(onnx_path.name + ".json"), onnx_copy.with_name(onnx_copy.name + ".json"))
+    for backend in ("onnxruntime", "openvino"):
+        engine = load_engine_file(onnx_copy, backend, "faster-rcnn-box-head", CPU)
+        for a, c in zip(engine(x), first(x), strict=True):
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    # A sidecar that records another kind of engine is refused.
+    shutil.copy(ts.with_name(ts.name + ".json"), onnx_copy.with_name(onnx_copy.name + ".json"))
+    with pytest.raises(EngineMismatchError, match="'torchscript' engine, not an ONNX model"):
+        load_engine_file(onnx_copy, "openvino", "faster-rcnn-box-head", CPU)
 
 
 def test_engine_file_from_another_runtime_is_refused(
@@ -258,8 +298,8 @@ def test_bf16_on_cpu_is_close_to_fp32(
     dev = rel_dev(engine(x), want)
     assert max(dev) <= 0.05, f"{network} {backend} bf16: relative deviations {dev}"
     assert max(dev) > 1e-5, "bf16 results equal fp32's: the engine did not run in bf16"
-    if backend in ("torchscript", "openvino"):
-        assert list(cache_dir.glob(f"{network}/{backend}-bf16-*"))
+    if backend == "torchscript":
+        assert list(cache_dir.glob(f"{network}/torchscript-bf16-*"))
 
 
 def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
@@ -375,6 +415,8 @@ def test_tensorrt(network: str, precision: str, networks: dict[str, Network], ca
     assert meta["weights_sha256"] == networks[network].weights_sha256
     assert meta["config_hash"] == networks[network].config_hash
     assert NETWORKS[network].input_name in meta["profiles"]
+    (onnx_file,) = cache_dir.glob(f"{network}/onnx-fp32-portable-*.onnx")  # the plan's source
+    assert meta["onnx_sha256"] == sha256_file(onnx_file)
 
 
 @pytest.mark.needs_cuda

@@ -230,7 +230,7 @@ def test_build_command(
     from afd_trt.cli import main as cli_main
     from build_engines import main as build_main
 
-    args = ["--models", "hrnetv2", "--backends", "onnxruntime", "tensorrt", "--device", "cpu"]
+    args = ["--models", "hrnetv2", "--backends", "onnxruntime", "openvino", "tensorrt", "--device", "cpu"]
     args += [
         "--cache-dir",
         str(tmp_path),
@@ -243,6 +243,10 @@ def test_build_command(
     assert first["onnxruntime"]["status"] == "built"
     assert first["onnxruntime"]["network"] == "hrnetv2"
     assert Path(first["onnxruntime"]["path"]).is_file()
+    # OpenVINO runs the ONNX model the line before exported: no second copy.
+    assert first["openvino"]["status"] == "cached"
+    assert first["openvino"]["path"] == first["onnxruntime"]["path"]
+    assert len(list(tmp_path.rglob("*.onnx"))) == 1
     assert first["tensorrt"]["status"] == "unavailable"
     assert "tensorrt" in first["tensorrt"]["error"]
     assert cli_main(["--log-level", "ERROR", "build", *args, "--strict"]) == 1
@@ -291,8 +295,11 @@ def test_build_auto_resolves_per_precision_and_detector_reuses_it(
     records = {r["precision"]: r for r in json.loads(capsys.readouterr().out)}
     for precision in ("fp32", "bf16"):
         assert records[precision]["backend"] == AUTO_CPU[precision]["hrnetv2"][0]
-        assert records[precision]["status"] == "built"
         assert Path(records[precision]["path"]).is_file()
+    assert records["fp32"]["status"] == "built"
+    # An ONNX runtime at both precisions (OpenVINO) runs the one ONNX model built for fp32.
+    same = records["bf16"]["path"] == records["fp32"]["path"]
+    assert records["bf16"]["status"] == ("cached" if same else "built")
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     det = Detector(
         face_detector=None,
