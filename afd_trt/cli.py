@@ -420,6 +420,76 @@ def _run_build(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# -- cache -----------------------------------------------------------------------------------
+
+
+def _add_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="engine cache directory (default: $AFD_TRT_CACHE/engines or ~/.cache/afd_trt/engines)",
+    )
+    p.add_argument("--verify", action="store_true", help="hash every engine file against its sidecar (slow)")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete what no process can use: stale (older runtime or cache format, for a device of this "
+        "machine), superseded, corrupt and leftover files; entries of other devices are kept",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="with --prune: say what would be deleted, delete nothing"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per entry instead of the table")
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from .engine_cache import REMOVABLE, EngineCache, remove_entry, scan_cache
+    from .engines import current_runtimes, machine_device_tags
+
+    cache = EngineCache(args.cache_dir)
+    if args.dry_run and not args.prune:
+        logger.error("cache: --dry-run goes with --prune")
+        return 2
+    if cache.root.exists() and not cache.root.is_dir():
+        logger.error("cache: %s is not a directory", cache.root)
+        return 2
+    entries = scan_cache(cache.root, current_runtimes(), machine_device_tags(), verify=args.verify)
+    out = sys.stdout
+    for e in entries:
+        if args.json:
+            record = {
+                "path": str(e.path),
+                "status": e.status,
+                "reason": e.reason,
+                "bytes": e.size,
+                "key": dict(e.key),
+            }
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+        else:
+            k = e.key
+            what = (
+                " ".join(str(k.get(f, "?")) for f in ("backend", "precision", "device", "runtime"))
+                if k
+                else "-"
+            )
+            out.write(
+                f"{e.status:<15} {e.size / 2**20:9.1f} MB  {e.path.relative_to(cache.root)}  [{what}] {e.reason}\n"
+            )
+    removable = [e for e in entries if e.status in REMOVABLE]
+    mb = sum(e.size for e in entries) / 2**20
+    logger.info(
+        "cache %s: %d entries, %.1f MB; %d removable (%.1f MB)",
+        cache.root, len(entries), mb, len(removable), sum(e.size for e in removable) / 2**20,
+    )  # fmt: skip
+    if args.prune:
+        if args.dry_run:
+            logger.info("cache: --dry-run, nothing deleted")
+            return 0
+        freed = sum(remove_entry(e) for e in removable)
+        logger.info("cache: deleted %d entries, %.1f MB freed", len(removable), freed / 2**20)
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -445,6 +515,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "build": ("build TorchScript / ONNX / TensorRT engines into the engine cache", _add_build, _run_build),
     "bench": ("time the pipeline, optionally side by side with upstream", _add_bench, _run_bench),
+    "cache": (
+        "list the engine cache with each entry's status; --prune deletes what no process can use",
+        _add_cache,
+        _run_cache,
+    ),
     "make-test-weights": (
         "write seeded random checkpoints in the released formats (they detect nothing real)",
         _add_make_test_weights,

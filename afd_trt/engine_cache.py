@@ -34,6 +34,7 @@ import logging
 import os
 import platform
 import secrets
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,18 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "CACHE_FORMAT",
+    "KEPT",
+    "REMOVABLE",
+    "CacheEntry",
     "EngineCache",
     "EngineKey",
     "EngineMismatchError",
     "check_same_target",
     "default_engine_cache_dir",
     "device_tag",
+    "entry_status",
+    "remove_entry",
+    "scan_cache",
     "state_dict_sha256",
 ]
 
@@ -295,3 +302,164 @@ class EngineCache:
             **extra,
         }
         _atomic_write_bytes(self.sidecar(path), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+# Listing and pruning
+# ---------------------------------------------------------------------------------------------
+
+KEPT = ("ok", "other-target", "runtime-missing")
+"""Statuses of entries that :func:`prune` keeps: usable here, or by another machine or runtime
+sharing the directory (which this one cannot judge)."""
+REMOVABLE = ("stale", "superseded", "corrupt", "orphan")
+"""Statuses of what no process can use any more: built with an older runtime or cache format for
+a device of this machine, an old per-backend ONNX copy, a damaged file, or a leftover."""
+_PART_MIN_AGE_S = 3600.0  # a temporary file younger than this may belong to a running build
+_SUPERSEDED = {"onnxruntime", "openvino"}  # backends that, before the shared ONNX model, kept a copy
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One engine of a cache directory (or one leftover file), as :func:`scan_cache` found it.
+
+    Attributes:
+        path: the engine file (for an orphan: the leftover file).
+        files: every file of the entry (engine, sidecar, lock), the ones that exist.
+        size: their bytes on disk together.
+        key: the recorded :class:`EngineKey` fields (empty when no readable sidecar).
+        status: one of :data:`KEPT` or :data:`REMOVABLE`.
+        reason: why, in words.
+    """
+
+    path: Path
+    files: tuple[Path, ...]
+    size: int
+    key: Mapping[str, Any]
+    status: str
+    reason: str
+
+
+def _size(paths: Iterator[Path] | tuple[Path, ...]) -> int:
+    total = 0
+    for p in paths:
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    return total
+
+
+def entry_status(
+    key: Mapping[str, Any], suffix: str, runtimes: Mapping[str, str | None], devices: frozenset[str]
+) -> tuple[str, str]:
+    """(status, reason) of an intact entry whose sidecar records ``key`` (see :func:`scan_cache`)."""
+    backend, device, runtime = key.get("backend"), key.get("device"), key.get("runtime")
+    if backend in _SUPERSEDED and suffix == ".onnx":
+        return "superseded", f"a {backend} copy of the ONNX model; backends now share one ONNX file"
+    if device not in devices:
+        return "other-target", f"built for {device}, not a device of this machine"
+    if key.get("format") != CACHE_FORMAT:
+        return "stale", f"cache format {key.get('format')}, this afd_trt writes {CACHE_FORMAT}"
+    if backend not in runtimes:
+        return "other-target", f"backend {backend!r} is unknown to this afd_trt"
+    here = runtimes[str(backend)]
+    if here is None:
+        return "runtime-missing", f"{backend} is not installed here: cannot tell whether {runtime} is current"
+    if runtime != here:
+        return "stale", f"built with {runtime}, this machine has {here}"
+    return "ok", "usable here"
+
+
+def scan_cache(
+    root: str | Path,
+    runtimes: Mapping[str, str | None],
+    devices: frozenset[str],
+    *,
+    verify: bool = False,
+    now: float | None = None,
+) -> list[CacheEntry]:
+    """Every entry under an engine cache directory ``root``, with its status.
+
+    Args:
+        runtimes: backend -> this machine's runtime string for it (None: not installed), e.g.
+            from ``afd_trt.engines.current_runtimes()``.
+        devices: the device tags of this machine (plus ``"portable"``): an entry for another
+            device is another machine's, and kept.
+        verify: also hash each engine file against its sidecar (reads every byte); otherwise the
+            size is checked.
+        now: the time to age temporary files by (default: now).
+    """
+    root = Path(root)
+    now = time.time() if now is None else now
+    entries: list[CacheEntry] = []
+    if not root.is_dir():
+        return entries
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        names = {p.name for p in model_dir.iterdir() if p.is_file()}
+        claimed: set[str] = set()
+        for name in sorted(names):
+            if name.endswith((".json", ".lock", ".part")):
+                continue
+            path = model_dir / name
+            side, lock = EngineCache.sidecar(path), path.with_name(name + ".lock")
+            files = tuple(p for p in (path, side, lock) if p.name in names)
+            claimed.update(p.name for p in files)
+            size = _size(files)
+            try:
+                meta = json.loads(side.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                meta = None
+            if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+                why = "no sidecar" if side.name not in names else "unreadable sidecar"
+                entries.append(CacheEntry(path, files, size, {}, "orphan", f"{why}: cannot tell what it is"))
+                continue
+            key = meta["key"]
+            actual = path.stat().st_size
+            if meta.get("file_size") != actual:
+                status, reason = "corrupt", f"{actual} bytes, the sidecar records {meta.get('file_size')}"
+            elif verify and sha256_file(path) != meta.get("file_sha256"):
+                status, reason = "corrupt", "its sha256 differs from the sidecar's"
+            else:
+                status, reason = entry_status(key, path.suffix, runtimes, devices)
+            entries.append(CacheEntry(path, files, size, key, status, reason))
+        for name in sorted(names - claimed):
+            path = model_dir / name
+            if name.endswith(".part"):
+                age = now - path.stat().st_mtime
+                if age < _PART_MIN_AGE_S:
+                    continue  # perhaps a build in progress
+                reason = f"temporary file of a build that did not finish ({age / 3600:.1f} h old)"
+            elif name.endswith(".json"):
+                reason = "sidecar of an engine that is gone"
+            elif name.endswith(".lock"):
+                reason = "build lock of an engine that is gone"
+            else:  # pragma: no cover - every other name is claimed above
+                continue
+            entries.append(CacheEntry(path, (path,), _size((path,)), {}, "orphan", reason))
+    return entries
+
+
+def remove_entry(entry: CacheEntry) -> int:
+    """Delete ``entry``'s files; the bytes freed. The engine's build lock is taken first (without
+    waiting: an entry being built right now is left alone, and 0 returned)."""
+    lock_file = next((p for p in entry.files if p.name.endswith(".lock")), None)
+    fd = None
+    if lock_file is not None and fcntl is not None:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(lock_file, os.O_RDWR)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                logger.warning("%s is being built by another process: left alone", entry.path)
+                return 0
+    freed = 0
+    try:
+        # engine first, sidecar next, lock last: never a sidecar describing a missing file for long
+        for p in sorted(entry.files, key=lambda p: (p.name.endswith(".json"), p.name.endswith(".lock"))):
+            with contextlib.suppress(FileNotFoundError):
+                size = p.stat().st_size
+                p.unlink()
+                freed += size
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return freed

@@ -66,10 +66,12 @@ __all__ = [
     "build_tensorrt_plan",
     "cached_onnx",
     "create_engine",
+    "current_runtimes",
     "engine_metadata",
     "export_onnx",
     "flatten_outputs",
     "load_engine_file",
+    "machine_device_tags",
     "networks_of",
     "onnx_key",
     "optimize_torchscript",
@@ -577,9 +579,13 @@ def onnx_key(net: Network) -> EngineKey:
         config_hash=net.config_hash,
         backend="onnx",
         device="portable",
-        runtime=f"torch-{torch.__version__}+opset-{ONNX_OPSET}",
+        runtime=_onnx_runtime(),
         precision="fp32",
     )
+
+
+def _onnx_runtime() -> str:
+    return f"torch-{torch.__version__}+opset-{ONNX_OPSET}"
 
 
 def cached_onnx(net: Network, cache: EngineCache) -> Path:
@@ -722,6 +728,27 @@ BACKENDS: dict[str, Backend] = {
     )
 }  # fmt: skip
 """Backends built into the engine cache, by name."""
+
+
+def current_runtimes() -> dict[str, str | None]:
+    """Cache backend (and ``"onnx"``, the shared ONNX model) -> the runtime string an engine
+    built here now records; None where that runtime is not installed."""
+    found: dict[str, str | None] = {"onnx": _onnx_runtime()}
+    for name, backend in BACKENDS.items():
+        try:
+            found[name] = backend.runtime()
+        except BackendUnavailableError:
+            found[name] = None
+    return found
+
+
+def machine_device_tags() -> frozenset[str]:
+    """The device tags engines built on this machine carry: its CPU, each visible GPU, and
+    ``"portable"`` (ONNX models)."""
+    tags = {"portable", device_tag(torch.device("cpu"))}
+    if torch.cuda.is_available():
+        tags.update(device_tag(torch.device("cuda", i)) for i in range(torch.cuda.device_count()))
+    return frozenset(tags)
 
 
 def _create_torch(net: Network, device: torch.device, precision: str, cache: EngineCache) -> Engine:
