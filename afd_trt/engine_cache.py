@@ -35,7 +35,7 @@ import os
 import platform
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -308,7 +308,7 @@ class EngineCache:
 # ---------------------------------------------------------------------------------------------
 
 KEPT = ("ok", "other-target", "runtime-missing")
-"""Statuses of entries that :func:`prune` keeps: usable here, or by another machine or runtime
+"""Statuses of entries that ``afd-trt cache --prune`` keeps: usable here, or by another machine or runtime
 sharing the directory (which this one cannot judge)."""
 REMOVABLE = ("stale", "superseded", "corrupt", "orphan")
 """Statuses of what no process can use any more: built with an older runtime or cache format for
@@ -338,7 +338,7 @@ class CacheEntry:
     reason: str
 
 
-def _size(paths: Iterator[Path] | tuple[Path, ...]) -> int:
+def _size(paths: Iterable[Path]) -> int:
     total = 0
     for p in paths:
         with contextlib.suppress(OSError):
@@ -351,10 +351,10 @@ def entry_status(
 ) -> tuple[str, str]:
     """(status, reason) of an intact entry whose sidecar records ``key`` (see :func:`scan_cache`)."""
     backend, device, runtime = key.get("backend"), key.get("device"), key.get("runtime")
-    if backend in _SUPERSEDED and suffix == ".onnx":
-        return "superseded", f"a {backend} copy of the ONNX model; backends now share one ONNX file"
     if device not in devices:
         return "other-target", f"built for {device}, not a device of this machine"
+    if backend in _SUPERSEDED and suffix == ".onnx":
+        return "superseded", f"a {backend} copy of the ONNX model; backends now share one ONNX file"
     if key.get("format") != CACHE_FORMAT:
         return "stale", f"cache format {key.get('format')}, this afd_trt writes {CACHE_FORMAT}"
     if backend not in runtimes:

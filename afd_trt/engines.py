@@ -882,9 +882,10 @@ def load_engine_file(
     runtime = spec.check(device, precision)
     meta = cache.read_metadata(path)
     if meta is not None and spec.suffix is None:
-        # A runtime of the shared ONNX model: any device and runtime may load it.
+        # A runtime of an ONNX model: any device and runtime may load it. Before the shared
+        # model, ONNX Runtime and OpenVINO each kept a copy under their own name.
         made_by = meta.get("key", {}).get("backend")
-        if made_by != "onnx":
+        if made_by not in ("onnx", "onnxruntime", "openvino"):
             raise EngineMismatchError(f"{path}: its metadata says a {made_by!r} engine, not an ONNX model")
     elif meta is not None:
         rec = meta.get("key", {})

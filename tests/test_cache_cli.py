@@ -158,6 +158,15 @@ def test_status_of_a_runtime_this_machine_lacks_is_kept() -> None:
         entry_status(key, ".plan", {"tensorrt": "tensorrt-10.9.0"}, frozenset({"portable"}))[0]
         == "other-target"
     )
+    # An old per-backend ONNX copy is superseded on this machine's devices, another's elsewhere.
+    copy = {
+        "backend": "onnxruntime",
+        "device": "cuda-sm_90",
+        "runtime": "onnxruntime-1.18.0",
+        "format": CACHE_FORMAT,
+    }
+    assert entry_status(copy, ".onnx", {"onnxruntime": "onnxruntime-1.18.0"}, devices)[0] == "superseded"
+    assert entry_status(copy, ".onnx", {"onnxruntime": None}, frozenset({"portable"}))[0] == "other-target"
 
 
 def test_an_entry_being_built_is_not_removed(cache: Path) -> None:

@@ -245,6 +245,13 @@ def test_engine_files_need_trust_outside_the_cache(
         engine = load_engine_file(onnx_copy, backend, "faster-rcnn-box-head", CPU)
         for a, c in zip(engine(x), first(x), strict=True):
             torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    # So does a per-backend copy of older afd_trt versions, with its sidecar.
+    meta = json.loads(onnx_path.with_name(onnx_path.name + ".json").read_text())
+    meta["key"].update(
+        backend="onnxruntime", device="cpu-x86_64-avx2", runtime="onnxruntime-1.18.0+torch-2.4.0"
+    )
+    onnx_copy.with_name(onnx_copy.name + ".json").write_text(json.dumps(meta))
+    assert load_engine_file(onnx_copy, "openvino", "faster-rcnn-box-head", CPU).name == "openvino"
     # A sidecar that records another kind of engine is refused.
     shutil.copy(ts.with_name(ts.name + ".json"), onnx_copy.with_name(onnx_copy.name + ".json"))
     with pytest.raises(EngineMismatchError, match="'torchscript' engine, not an ONNX model"):
