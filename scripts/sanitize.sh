@@ -83,8 +83,19 @@ tests=(tests/test_ops_*.py)
 [ -e tests/test_props_ops.py ] && tests+=(tests/test_props_ops.py)
 # pytest via the venv's entry script (not `python -m pytest`, which would put the checkout first
 # on sys.path); -p no:cacheprovider keeps the run read-only.
+# In pytest-xdist workers (whole files per worker) when it is installed and there are CPUs to
+# share; each worker process is the sanitized one (LD_PRELOAD is inherited, the plugin checks it).
+cpus=$(nproc)
+workers=${PYTEST_WORKERS:-$((cpus < 4 ? cpus : 4))}
+xdist=()
+if [ "$workers" -gt 1 ] && "$py" -c 'import xdist' 2>/dev/null; then
+  # --max-worker-restart=0: a worker killed by a sanitizer report ends the run (restarted
+  # workers with whole-file scheduling were seen to hang).
+  xdist=(-n "$workers" --dist loadfile --max-worker-restart=0)
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((cpus / workers > 0 ? cpus / workers : 1))}
+fi
 set +e
-LD_PRELOAD="$preload" "$venv/bin/pytest" -q -s -p no:cacheprovider -p afd_asan_check "${tests[@]}" "$@"
+LD_PRELOAD="$preload" "$venv/bin/pytest" -q -s -p no:cacheprovider -p afd_asan_check "${xdist[@]}" "${tests[@]}" "$@"
 rc=$?
 set -e
 echo "sanitize: pytest exit code $rc, $((SECONDS - start)) s in all"

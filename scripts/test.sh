@@ -15,7 +15,9 @@ xdist=()
 case " $* " in
   *" -n "* | *" -n"[0-9]* | *" --numprocesses"*) ;;
   *) if [ "$workers" -gt 1 ]; then
-       xdist=(-n "$workers" --dist loadfile)
+       # A crashed worker fails the run instead of being restarted (restarts under whole-file
+       # scheduling were seen to hang).
+       xdist=(-n "$workers" --dist loadfile --max-worker-restart=0)
        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((cpus / workers > 0 ? cpus / workers : 1))}
      fi ;;
 esac
