@@ -411,7 +411,10 @@ def scan_cache(
                 entries.append(CacheEntry(path, files, size, {}, "orphan", f"{why}: cannot tell what it is"))
                 continue
             key = meta["key"]
-            actual = path.stat().st_size
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:  # deleted meanwhile (another prune, a rebuild's replace)
+                continue
             if meta.get("file_size") != actual:
                 status, reason = "corrupt", f"{actual} bytes, the sidecar records {meta.get('file_size')}"
             elif verify and sha256_file(path) != meta.get("file_sha256"):
@@ -422,7 +425,10 @@ def scan_cache(
         for name in sorted(names - claimed):
             path = model_dir / name
             if name.endswith(".part"):
-                age = now - path.stat().st_mtime
+                try:
+                    age = now - path.stat().st_mtime
+                except FileNotFoundError:  # the build finished meanwhile
+                    continue
                 if age < _PART_MIN_AGE_S:
                     continue  # perhaps a build in progress
                 reason = f"temporary file of a build that did not finish ({age / 3600:.1f} h old)"
