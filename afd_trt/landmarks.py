@@ -7,6 +7,7 @@ batch instead of running twice) -> flip merge, argmax and sub-pixel refinement (
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -19,16 +20,109 @@ from .config import HRNetConfig
 from .engines import Engine
 from .timing import StageTimes
 
-__all__ = ["LandmarkEstimator", "boxes_to_center_scale", "crop_matrices", "default_warp_mode"]
+__all__ = [
+    "WARP_MODELS",
+    "WARP_MODES",
+    "LandmarkEstimator",
+    "boxes_to_center_scale",
+    "crop_matrices",
+    "default_warp_mode",
+    "warp_crops",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def default_warp_mode(cv2_version: str = cv2.__version__) -> str:
-    """The crop warp that reproduces ``cv2.warpAffine`` of the installed OpenCV: its 4.x releases
-    quantise coordinates to 1/32 px with fixed-point weights, 5.x computes in float32. Upstream
-    warps with whatever OpenCV is installed, so we follow the same one."""
-    return "opencv4" if int(cv2_version.split(".")[0]) < 5 else "opencv5"
+WARP_MODELS = ("opencv5", "opencv4")
+"""The arithmetic models of ``cv2.warpAffine`` that the C++ warp (``ops.warp_crops``) and the
+GPU image path (``device_ops.warp_crops``) reproduce; ``"cv2"`` calls the installed OpenCV."""
+
+WARP_MODES = (*WARP_MODELS, "cv2")
+
+
+def _probe_cases() -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+    """Fixed face-crop warps that tell OpenCV's arithmetics apart: uint8 (H, W, 3) images (noise,
+    and blurred noise whose smooth ramps put many bilinear values near k + 0.5), float64 (2, 3)
+    forward maps (inside, rotated, partly and wholly off the image, enlarged), crop size (w, h).
+    About 1.2e6 output values: the models differ from each other on 1e-4 (OpenCV 5.0 against
+    5.1) to 7% (4.x against 5.x) of them."""
+    rng = np.random.default_rng(20261202)
+    noise = rng.integers(0, 256, (181, 233, 3), dtype=np.uint8)
+    blurred = np.ascontiguousarray(cv2.GaussianBlur(noise, (0, 0), 2.0))
+    cases = []
+    for image, (cx, cy, side, degrees) in [
+        (blurred, (110.3, 95.7, 140.0, 0.0)),
+        (blurred, (60.1, 130.4, 90.0, 33.0)),
+        (noise, (200.9, 20.2, 170.0, -71.0)),
+        (noise, (117.5, 88.25, 23.0, 0.0)),
+        (blurred, (17.7, 170.3, 301.0, 145.0)),
+        (blurred, (101.2, 66.6, 61.0, 0.0)),
+    ]:
+        s = 256.0 / side
+        a, b = s * np.cos(np.radians(degrees)), s * np.sin(np.radians(degrees))
+        m = np.array([[a, b, 128.0 - a * cx - b * cy], [-b, a, 128.0 + b * cx - a * cy]])
+        cases.append((image, m, (256, 256)))
+    return cases
+
+
+@functools.cache
+def default_warp_mode() -> str:
+    """The warp that gives the installed OpenCV's ``cv2.warpAffine`` values, as upstream's crops
+    come from whatever OpenCV is installed: the first of :data:`WARP_MODELS` that equals it value
+    for value on :func:`_probe_cases`, else ``"cv2"`` (call OpenCV itself). Decided once per
+    process, in a few milliseconds."""
+    cases = _probe_cases()
+    wanted = [cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR) for image, m, size in cases]
+    for mode in WARP_MODELS:
+        got = [ops.warp_crops_u8(image, m[None], size, mode=mode)[0] for image, m, size in cases]
+        if all(np.array_equal(a, b) for a, b in zip(got, wanted, strict=True)):
+            logger.debug("OpenCV %s: face crops by the C++ warp, model %s", cv2.__version__, mode)
+            return mode
+    logger.info(
+        "OpenCV %s's warpAffine rounds unlike afd_trt's models %s: face crops are made by "
+        "cv2.warpAffine itself (the same values; on the GPU image path they are made on the host)",
+        cv2.__version__,
+        ", ".join(WARP_MODELS),
+    )
+    return "cv2"
+
+
+def warp_crops(
+    image: np.ndarray,
+    mats: np.ndarray,
+    size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    mode: str,
+    threads: int = 0,
+) -> np.ndarray:
+    """Normalised face crops: the C++ op for a model of :data:`WARP_MODELS`, or for ``"cv2"``
+    ``cv2.warpAffine`` (INTER_LINEAR, constant 0 border) per face with the op's normalisation.
+
+    Args:
+        image: uint8 (H, W, 3) BGR, C-contiguous.
+        mats: float64 (N, 2, 3) forward crop maps.
+        size: crop (w, h).
+        mean, std: 3 floats each, RGB order.
+        mode: one of :data:`WARP_MODES`.
+        threads: the C++ op's threads (0: one per core); OpenCV uses its own pool.
+
+    Returns:
+        float32 (N, 3, h, w), channels R, G, B: ``(x / 255 - mean) / std`` in float32, as
+        upstream's torch ops compute it.
+    """
+    if mode != "cv2":
+        return ops.warp_crops(image, mats, size, mean, std, threads=threads, mode=mode)
+    w, h = size
+    mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    out = np.empty((len(mats), 3, h, w), dtype=np.float32)
+    for i, m in enumerate(np.asarray(mats, dtype=np.float64).reshape(-1, 2, 3)):
+        crop = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR)
+        np.divide(crop[..., ::-1].transpose(2, 0, 1), np.float32(255), out=out[i], dtype=np.float32)
+        np.subtract(out[i], mean32, out=out[i])
+        np.divide(out[i], std32, out=out[i])
+    return out
 
 
 def boxes_to_center_scale(
@@ -119,8 +213,8 @@ class LandmarkEstimator:
     def __init__(
         self, cfg: HRNetConfig, engine: Engine, max_batch: int = 64, threads: int = 0, warp_mode: str = "auto"
     ) -> None:
-        if warp_mode not in ("auto", "opencv4", "opencv5"):
-            raise ValueError(f"warp_mode must be 'auto', 'opencv4' or 'opencv5', got {warp_mode!r}")
+        if warp_mode != "auto" and warp_mode not in WARP_MODES:
+            raise ValueError(f"warp_mode must be 'auto' or one of {WARP_MODES}, got {warp_mode!r}")
         self.warp_mode = default_warp_mode() if warp_mode == "auto" else warp_mode
         self.cfg = cfg
         self.engine = engine
@@ -164,7 +258,7 @@ class LandmarkEstimator:
         host = device_ops.to_host(image)
 
         def warp(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-            return ops.warp_crops(host, m, size, cfg.mean, cfg.std, threads=self.threads, mode=self.warp_mode)
+            return warp_crops(host, m, size, cfg.mean, cfg.std, self.warp_mode, threads=self.threads)
 
         crops = warp(mats, cfg.input_size)
         if flat.any():  # cv2's warp by a zero map: pixel (0, 0) everywhere, normalised as any crop
@@ -174,7 +268,12 @@ class LandmarkEstimator:
     def _crops_on(
         self, device: torch.device, image: device_ops.Pixels, boxes: np.ndarray
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values)."""
+        """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values).
+        With the ``"cv2"`` warp they are made on the host and sent there (no model of OpenCV's
+        arithmetic runs on the device)."""
+        if self.warp_mode == "cv2":
+            crops_host, centers, sizes = self.crops(image, boxes)
+            return device_ops.upload(crops_host, device), centers, sizes
         cfg = self.cfg
         mats, flat, centers, sizes = self._geometry(boxes)
         pixels = device_ops.upload(image, device)

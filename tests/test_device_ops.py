@@ -10,9 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import ref_landmarks as ref
 import torch
 from images import synthetic, tadne_crop
-from test_ops_warp import IMAGE_MEAN, IMAGE_STD, INSTALLED_MODE, _case
+from test_ops_warp import IMAGE_MEAN, IMAGE_STD, INSTALLED_MODEL, NO_MODEL, _case
 
 import afd_trt
 from afd_trt import device_ops, ops
@@ -86,9 +87,11 @@ def test_warp_crops_equal_cpp_op(seed: int, mode: str) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_warp_crops_match_installed_cv2(seed: int) -> None:
+    if INSTALLED_MODEL is None:
+        pytest.skip(NO_MODEL)
     image, mats, out_size = _case(seed + 100)
     got = device_ops.warp_crops(
-        torch.from_numpy(image), mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE, rgb_u8=True
+        torch.from_numpy(image), mats, out_size, IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODEL, rgb_u8=True
     )
     for i, m in enumerate(mats):
         np.testing.assert_array_equal(
@@ -198,6 +201,9 @@ def test_device_pipeline_on_cpu_equals_host_pipeline(
     """The same numbers, bit for bit, through the torch image ops: what the GPU path runs."""
     host = _detector(weights, face_detector, "cpu", flip_test=flip_test)
     dev = _detector(weights, face_detector, "cpu", flip_test=flip_test, device_pipeline=True)
+    # The torch warp must run even where the installed OpenCV matches no model (its crops
+    # would then come from the host): both sides use one model.
+    host.landmarks.warp_mode = dev.landmarks.warp_mode = INSTALLED_MODEL or "opencv5"
     assert not host.device_pipeline
     assert dev.device_pipeline
     assert dev.face_detector is not None
@@ -218,6 +224,24 @@ def test_device_pipeline_on_cpu_equals_host_pipeline(
         for a, b in zip(want, got, strict=True):
             np.testing.assert_allclose(a["bbox"], b["bbox"], atol=1e-3)
             np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=0.05)
+
+
+def test_device_path_with_cv2_warp_sends_host_crops(weights: Weights) -> None:
+    """With no model of the installed OpenCV, the image path makes crops with cv2 on the host."""
+    det = afd_trt.Detector(None, None, weights["hrnetv2"]["pth"], device="cpu", device_pipeline=True)
+    det.landmarks.warp_mode = "cv2"
+    image = tadne_crop(300, 200, 640, 480)
+    boxes = np.array([[100.5, 80.25, 260.0, 250.0], [-30.0, 300.0, 90.0, 470.0]], dtype=np.float32)
+    got, centers, sizes = det.landmarks._crops_on(torch.device("cpu"), torch.from_numpy(image), boxes)
+    want, want_centers, want_sizes = det.landmarks.crops(image, boxes)
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_array_equal(centers, want_centers)
+    np.testing.assert_array_equal(sizes, want_sizes)
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    m = det.landmarks._geometry(boxes)[0]
+    crop = cv2.warpAffine(rgb, m[1], (256, 256), flags=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(want[1], ref.normalise_like_upstream(crop[None], IMAGE_MEAN, IMAGE_STD)[0])
 
 
 @pytest.mark.needs_cuda
@@ -266,9 +290,9 @@ def test_warp_crops_many_faces_in_chunks() -> None:
     image, _, _ = _case(5)
     mats = np.concatenate([_case(s)[1] for s in range(1, 40, 4)] * 3)
     assert len(mats) > 2 * device_ops._CHUNK
-    want = ops.warp_crops(image, mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE)
+    want = ops.warp_crops(image, mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode="opencv5")
     got = device_ops.warp_crops(
-        torch.from_numpy(image), mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE
+        torch.from_numpy(image), mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode="opencv5"
     )
     np.testing.assert_array_equal(got.numpy(), want)
 

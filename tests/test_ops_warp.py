@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import ref_landmarks as ref
 
-from afd_trt import ops
+from afd_trt import landmarks, ops
 
-INSTALLED_MODE = "opencv5" if int(cv2.__version__.split(".")[0]) >= 5 else "opencv4"
+INSTALLED_MODE = landmarks.default_warp_mode()
+"""The pipeline's warp for the installed OpenCV: a model of the C++ op, or "cv2"."""
+INSTALLED_MODEL = INSTALLED_MODE if INSTALLED_MODE in landmarks.WARP_MODELS else None
+NO_MODEL = (
+    f"OpenCV {cv2.__version__}'s warpAffine rounds unlike every model of the C++ op "
+    f"{landmarks.WARP_MODELS}: the pipeline calls cv2.warpAffine (tested by "
+    "test_normalised_batch_matches_upstream_preprocessing)"
+)
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
@@ -42,8 +49,10 @@ def _case(seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
 
 @pytest.mark.parametrize("seed", range(24))
 def test_u8_matches_installed_cv2(seed: int) -> None:
+    if INSTALLED_MODEL is None:
+        pytest.skip(NO_MODEL)
     image, mats, out_size = _case(seed)
-    got = ops.warp_crops_u8(image, mats, out_size, mode=INSTALLED_MODE)
+    got = ops.warp_crops_u8(image, mats, out_size, mode=INSTALLED_MODEL)
     assert got.shape == (len(mats), out_size[1], out_size[0], 3)
     assert got.dtype == np.uint8
     # OpenCV's vector loop covers the first out_w - out_w % 16 columns on x86-64/AVX2 (8 on NEON);
@@ -75,10 +84,28 @@ def test_modes_really_differ() -> None:
     assert np.abs(a - b).max() <= 8
 
 
+def test_probe_tells_the_models_apart() -> None:
+    """The probe that picks the installed OpenCV's model would see either model's rounding."""
+    cases = landmarks._probe_cases()
+    assert sum(np.prod(size) * 3 for _, _, size in cases) > 1_000_000
+    for i, a in enumerate(landmarks.WARP_MODELS):
+        for b in landmarks.WARP_MODELS[i + 1 :]:
+            assert any(
+                not np.array_equal(
+                    ops.warp_crops_u8(image, m[None], size, mode=a),
+                    ops.warp_crops_u8(image, m[None], size, mode=b),
+                )
+                for image, m, size in cases
+            )
+
+
 @pytest.mark.oracle
+@pytest.mark.parametrize("mode", sorted({INSTALLED_MODE, "cv2"}))
 @pytest.mark.parametrize("seed", range(6))
-def test_normalised_batch_matches_upstream_preprocessing(seed: int) -> None:
-    """Upstream: cvtColor BGR->RGB, get_affine_transform, cv2.warpAffine, torch /255 -mean /std."""
+def test_normalised_batch_matches_upstream_preprocessing(seed: int, mode: str) -> None:
+    """Upstream: cvtColor BGR->RGB, get_affine_transform, cv2.warpAffine, torch /255 -mean /std.
+    The pipeline's warp (``landmarks.warp_crops`` with the mode picked for the installed OpenCV)
+    and the cv2 fallback give it value for value, whatever OpenCV is installed."""
     from anime_face_detector._vendor.mmpose import bbox_xywh2cs, bbox_xyxy2xywh, get_affine_transform
 
     rng = np.random.default_rng(seed)
@@ -95,7 +122,7 @@ def test_normalised_batch_matches_upstream_preprocessing(seed: int) -> None:
         mats.append(m)
         crops.append(cv2.warpAffine(rgb, m, (256, 256), flags=cv2.INTER_LINEAR))
     want = ref.normalise_like_upstream(np.stack(crops), IMAGE_MEAN, IMAGE_STD)
-    got = ops.warp_crops(image, np.stack(mats), (256, 256), IMAGE_MEAN, IMAGE_STD, mode=INSTALLED_MODE)
+    got = landmarks.warp_crops(image, np.stack(mats), (256, 256), IMAGE_MEAN, IMAGE_STD, mode)
     assert got.dtype == np.float32
     assert got.shape == (3, 3, 256, 256)
     np.testing.assert_array_equal(got, want)
