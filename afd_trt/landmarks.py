@@ -69,8 +69,11 @@ def _probe_cases() -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
 def default_warp_mode() -> str:
     """The warp that gives the installed OpenCV's ``cv2.warpAffine`` values, as upstream's crops
     come from whatever OpenCV is installed: the first of :data:`WARP_MODELS` that equals it value
-    for value on :func:`_probe_cases`, else ``"cv2"`` (call OpenCV itself). Decided once per
-    process, in a few milliseconds."""
+    for value on :func:`_probe_cases`, else ``"cv2"`` (call OpenCV itself). opencv-python-headless
+    5.1.0 gets ``"cv2"``: it hands the warp to Intel IPP, whose coordinates round differently on
+    about 1 value in 10,000 and depend on OpenCV's thread count (IPP splits the rows into bands);
+    with ``cv2.ipp.setUseIPP(False)`` its own kernel equals ``"opencv5"``. Decided once per
+    process, in a few milliseconds, with the IPP and thread settings of that moment."""
     cases = _probe_cases()
     wanted = [cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR) for image, m, size in cases]
     for mode in WARP_MODELS:
@@ -79,9 +82,10 @@ def default_warp_mode() -> str:
             logger.debug("OpenCV %s: face crops by the C++ warp, model %s", cv2.__version__, mode)
             return mode
     logger.info(
-        "OpenCV %s's warpAffine rounds unlike afd_trt's models %s: face crops are made by "
-        "cv2.warpAffine itself (the same values; on the GPU image path they are made on the host)",
+        "OpenCV %s's warpAffine (IPP %s) rounds unlike afd_trt's models %s: face crops are made "
+        "by cv2.warpAffine itself (the same values; on the GPU image path they are made on the host)",
         cv2.__version__,
+        "on" if cv2.ipp.useIPP() else "off",
         ", ".join(WARP_MODELS),
     )
     return "cv2"

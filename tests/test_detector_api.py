@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -177,6 +178,26 @@ def test_detect_batch_equals_single_calls(
     for got, img in zip(batch[1:], imgs[1:], strict=True):
         _same(got, det(img))
     assert det.detect_batch([]) == []
+
+
+def test_one_detector_serves_concurrent_threads(
+    det: afd_trt.Detector, image: np.ndarray, image_faces: list[dict[str, np.ndarray]]
+) -> None:
+    """A server calls one Detector from many request threads: each call gets its own image's
+    answer, the same as a call alone (single calls and batches interleaved)."""
+    other = tadne_crop(0, 0, 400, 300)
+    alone = det(other)
+    jobs = [image, other, [image, other], other, image, [other, image]] * 2
+
+    def call(job: np.ndarray | list[np.ndarray]) -> list[list[dict[str, np.ndarray]]]:
+        return det.detect_batch(job) if isinstance(job, list) else [det(job)]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(call, jobs))
+    for job, got in zip(jobs, answers, strict=True):
+        images = job if isinstance(job, list) else [job]
+        for img, faces in zip(images, got, strict=True):
+            _same(faces, image_faces if img is image else alone)
 
 
 def test_constructor_errors(weights: Weights) -> None:
