@@ -203,12 +203,25 @@ def warp_crops(
     u8 = torch.cat([_warp_u8(image, inv[s : s + _CHUNK], out_w, out_h, mode) for s in range(0, n, _CHUNK)])
     if rgb_u8:
         return u8.contiguous()
-    # (u / 255 - mean) / std tabulated in float32 per output channel; output channel c (RGB)
-    # reads input channel 2 - c (BGR).
+    return normalize_crops(u8, mean32, std32)
+
+
+def normalize_crops(u8: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """The landmark network's input from uint8 crops, on their device: ``(u / 255 - mean) / std``
+    in float32, tabulated per output channel (the same values as computing it per pixel).
+
+    Args:
+        u8: uint8 (N, h, w, 3) crops, B, G, R.
+        mean, std: float32 (3,), R, G, B.
+
+    Returns:
+        float32 (N, 3, h, w), R, G, B.
+    """
+    n, out_h, out_w = (int(v) for v in u8.shape[:3])
     levels = torch.arange(256, dtype=torch.float32) / 255.0
-    lut = ((levels[None, :] - torch.from_numpy(mean32)[:, None]) / torch.from_numpy(std32)[:, None]).to(dev)
-    out = torch.empty((n, 3, out_h, out_w), dtype=torch.float32, device=dev)
-    for c in range(3):
+    lut = ((levels[None, :] - torch.from_numpy(mean)[:, None]) / torch.from_numpy(std)[:, None]).to(u8.device)
+    out = torch.empty((n, 3, out_h, out_w), dtype=torch.float32, device=u8.device)
+    for c in range(3):  # output channel c (RGB) reads input channel 2 - c (BGR)
         out[:, c] = lut[c][u8[..., 2 - c].long()]
     return out
 

@@ -26,6 +26,7 @@ __all__ = [
     "LandmarkEstimator",
     "boxes_to_center_scale",
     "crop_matrices",
+    "cv2_crops_u8",
     "default_warp_mode",
     "warp_crops",
 ]
@@ -91,6 +92,25 @@ def default_warp_mode() -> str:
     return "cv2"
 
 
+def cv2_crops_u8(image: np.ndarray, mats: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Face crops by the installed OpenCV itself: ``cv2.warpAffine`` (INTER_LINEAR, constant 0
+    border) per face.
+
+    Args:
+        image: uint8 (H, W, 3).
+        mats: float64 (N, 2, 3) forward crop maps.
+        size: crop (w, h).
+
+    Returns:
+        uint8 (N, h, w, 3), the image's channel order.
+    """
+    w, h = size
+    out = np.empty((len(mats), h, w, 3), dtype=np.uint8)
+    for i, m in enumerate(np.asarray(mats, dtype=np.float64).reshape(-1, 2, 3)):
+        cv2.warpAffine(image, m, (w, h), dst=out[i], flags=cv2.INTER_LINEAR)
+    return out
+
+
 def warp_crops(
     image: np.ndarray,
     mats: np.ndarray,
@@ -101,7 +121,7 @@ def warp_crops(
     threads: int = 0,
 ) -> np.ndarray:
     """Normalised face crops: the C++ op for a model of :data:`WARP_MODELS`, or for ``"cv2"``
-    ``cv2.warpAffine`` (INTER_LINEAR, constant 0 border) per face with the op's normalisation.
+    :func:`cv2_crops_u8` with the op's normalisation.
 
     Args:
         image: uint8 (H, W, 3) BGR, C-contiguous.
@@ -117,12 +137,11 @@ def warp_crops(
     """
     if mode != "cv2":
         return ops.warp_crops(image, mats, size, mean, std, threads=threads, mode=mode)
-    w, h = size
     mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    out = np.empty((len(mats), 3, h, w), dtype=np.float32)
-    for i, m in enumerate(np.asarray(mats, dtype=np.float64).reshape(-1, 2, 3)):
-        crop = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR)
+    crops = cv2_crops_u8(image, mats, size)
+    out = np.empty((len(crops), 3, size[1], size[0]), dtype=np.float32)
+    for i, crop in enumerate(crops):
         np.divide(crop[..., ::-1].transpose(2, 0, 1), np.float32(255), out=out[i], dtype=np.float32)
         np.subtract(out[i], mean32, out=out[i])
         np.divide(out[i], std32, out=out[i])
@@ -273,17 +292,23 @@ class LandmarkEstimator:
         self, device: torch.device, image: device_ops.Pixels, boxes: np.ndarray
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values).
-        With the ``"cv2"`` warp they are made on the host and sent there (no model of OpenCV's
-        arithmetic runs on the device)."""
-        if self.warp_mode == "cv2":
-            crops_host, centers, sizes = self.crops(image, boxes)
-            return device_ops.upload(crops_host, device), centers, sizes
+        With the ``"cv2"`` warp, OpenCV makes the uint8 crops on the host and they are sent there
+        to be normalised (no model of that OpenCV's arithmetic runs on the device)."""
         cfg = self.cfg
         mats, flat, centers, sizes = self._geometry(boxes)
-        pixels = device_ops.upload(image, device)
+        mean, std = np.asarray(cfg.mean, dtype=np.float32), np.asarray(cfg.std, dtype=np.float32)
+        if self.warp_mode == "cv2":
+            host = device_ops.to_host(image)
 
-        def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-            return device_ops.warp_crops(pixels, m, size, cfg.mean, cfg.std, mode=self.warp_mode)
+            def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+                u8 = device_ops.upload(cv2_crops_u8(host, m, size), device)
+                return device_ops.normalize_crops(u8, mean, std)
+
+        else:
+            pixels = device_ops.upload(image, device)
+
+            def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+                return device_ops.warp_crops(pixels, m, size, cfg.mean, cfg.std, mode=self.warp_mode)
 
         crops = warp(mats, cfg.input_size)
         if flat.any():  # as in crops()
