@@ -200,6 +200,7 @@ def _result_settings(args: argparse.Namespace) -> dict[str, Any]:
         "crop_border": args.crop_border,
         "crop_ext": args.crop_ext,
         "draw": path(args.draw),
+        "shard": args.shard,
     }
 
 
@@ -209,6 +210,15 @@ def _extensions(text: str) -> tuple[str, ...]:
     if not exts:
         raise argparse.ArgumentTypeError(f"expected extensions like jpg,png, got {text!r}")
     return exts
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from .detect_job import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -264,6 +274,14 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="videos: process frames 0, N, 2N, ... (default 1: every frame)",
+    )
+    out.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="K/N",
+        help="cluster jobs: process only shard K of N (K from 0 to N-1), chosen by a hash of each "
+        "input's path; run N jobs with the same inputs, one output each",
     )
     out.add_argument("--min-score", type=float, default=0.0, help="drop faces scoring below this (default 0)")
     out.add_argument(
@@ -367,6 +385,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         draw=args.draw,
         draw_landmark_threshold=args.draw_landmark_threshold,
         progress=not args.quiet,
+        shard=args.shard,
     )
     if opts.format == "coco" and opts.journal_path().resolve() == opts.output.resolve():
         logger.error("--journal must differ from the COCO output %s", opts.output)

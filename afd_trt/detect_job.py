@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import math
@@ -57,9 +58,12 @@ __all__ = [
     "WorkItem",
     "check_run_settings",
     "expand_inputs",
+    "in_shard",
     "iter_work",
+    "parse_shard",
     "run_detect_job",
     "settings_path",
+    "shard_of",
 ]
 
 logger = logging.getLogger("afd_trt.detect")
@@ -136,6 +140,37 @@ def expand_inputs(items: Sequence[str], exts: Sequence[str] | None = None) -> li
                 seen.add(norm.path)
                 out.append(norm)
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (shard K of N, counted from 0) -> ``(K, N)``; ``ValueError`` naming the problem."""
+    k_text, sep, n_text = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ValueError(f"expected K/N (shard K of N, K from 0 to N-1), got {text!r}") from None
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"shard {text!r}: K must be in 0..N-1 and N >= 1 (shards are counted from 0)")
+    return k, n
+
+
+def shard_of(path: str, count: int) -> int:
+    """The shard, in ``0..count-1``, that an input belongs to: the first 8 bytes of the SHA-1 of
+    its path (as given, normalised: the journal key), big-endian, modulo ``count``. Stable across
+    machines, runs and input order, and unmoved by inputs added or removed; a video's frames all
+    go with it."""
+    digest = hashlib.sha1(path.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def in_shard(specs: Sequence[InputSpec], shard: tuple[int, int] | None) -> list[InputSpec]:
+    """The inputs of ``shard`` ``(K, N)``, in order (all of them for None)."""
+    if shard is None:
+        return list(specs)
+    k, n = shard
+    return [s for s in specs if shard_of(s.path, n) == k]
 
 
 @dataclass
@@ -494,6 +529,7 @@ class DetectOptions:
     draw: Path | None = None
     draw_landmark_threshold: float = 0.3
     progress: bool = True
+    shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N (see shard_of)
 
     def journal_path(self) -> Path:
         """The JSON Lines file: ``output`` itself, or for ``--format coco`` ``<output>.jsonl``."""
@@ -607,6 +643,10 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
     specs = expand_inputs(opts.inputs, opts.exts)
+    if opts.shard is not None:
+        everything = len(specs)
+        specs = in_shard(specs, opts.shard)
+        logger.info("shard %d/%d: %d of %d inputs", *opts.shard, len(specs), everything)
     journal = Journal(opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors)
     videos = VideoIndex(videos_path(opts.journal_path()), reset=opts.overwrite)
     summary = Summary(skipped=journal.loaded, failed_before=journal.loaded_errors)

@@ -25,6 +25,7 @@ from paths import REPO, TADNE_GRID
 
 import afd_trt
 from afd_trt.crops import crop_name, source_tag
+from afd_trt.detect_job import shard_of
 
 pytestmark = pytest.mark.slow
 
@@ -421,10 +422,38 @@ def test_sigterm_leaves_valid_journal_and_coco_of_what_is_done(
     assert len(coco["annotations"]) == sum(len(r["faces"]) for r in done_images)
 
 
+def test_shards_split_the_inputs_between_jobs(
+    main_run: dict[str, Any], inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--shard K/N``: N jobs on the same inputs record each input (a video with all its frames)
+    exactly once between them, as the unsharded run records it; a shard's journal is resumed
+    only as that shard."""
+    n = 2
+    reference = {_key(r): r for r in _read_jsonl(main_run["out"] / "faces.jsonl")}
+    seen: list[tuple[str, int | None]] = []
+    for k in range(n):
+        proc = _cli(
+            *_run_args(inputs, models, tmp_path / f"s{k}"), "--shard", f"{k}/{n}", "--log-level", "INFO"
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        assert f"shard {k}/{n}: " in proc.stderr
+        for rec in _read_jsonl(tmp_path / f"s{k}" / "faces.jsonl"):
+            assert shard_of(rec["path"], n) == k
+            assert rec == reference[_key(rec)]
+            seen.append(_key(rec))
+    assert sorted(seen, key=str) == sorted(reference, key=str)
+    other = _cli(*_run_args(inputs, models, tmp_path / "s0"), "--shard", f"1/{n}", "--quiet")
+    assert other.returncode == 2
+    assert "shard: recorded [0, 2], now [1, 2]" in other.stderr
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     bad_every = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--every", "0")
     assert bad_every.returncode == 2
     assert "positive integer" in bad_every.stderr
+    bad_shard = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--shard", "2/2")
+    assert bad_shard.returncode == 2
+    assert "K must be in 0..N-1" in bad_shard.stderr
     assert _cli("x.png").returncode == 2  # no -o
     no_model = _cli(
         "x.png", "-o", str(tmp_path / "o.jsonl"), "--device", "cpu",

@@ -3,6 +3,7 @@ video work items, drawings."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -20,8 +21,11 @@ from afd_trt.detect_job import (
     SettingsMismatchError,
     check_run_settings,
     expand_inputs,
+    in_shard,
     iter_work,
+    parse_shard,
     settings_path,
+    shard_of,
 )
 from afd_trt.draw import draw_faces
 from afd_trt.outputs import (
@@ -240,6 +244,37 @@ def _write_video(path: Path, n: int, fps: float = 10.0) -> list[np.ndarray]:
         w.write(f)
     w.release()
     return frames
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_shards_partition_inputs_stably(n: int) -> None:
+    """Every input in exactly one shard, in input order; an input's shard depends only on its
+    path (not on the order or on the other inputs) and follows the documented SHA-1 rule."""
+    specs = [InputSpec(f"shots/{i:03d}.png", "image") for i in range(200)] + [InputSpec("clip.mp4", "video")]
+    shards = [in_shard(specs, (k, n)) for k in range(n)]
+    assert sorted((s.path for part in shards for s in part), key=str) == sorted(s.path for s in specs)
+    for k, part in enumerate(shards):
+        assert part == [s for s in specs if s in part]  # order kept
+        assert part == in_shard(list(reversed(specs)), (k, n))[::-1]  # order-free
+        assert in_shard([*part[:3], InputSpec("new.png", "image")], (k, n))[:3] == part[:3]  # unmoved
+        for s in part:
+            digest = hashlib.sha1(s.path.encode()).digest()
+            assert int.from_bytes(digest[:8], "big") % n == k == shard_of(s.path, n)
+    if n > 1:  # balanced within chance (201 inputs)
+        assert min(len(p) for p in shards) > 201 / n / 2
+    assert in_shard(specs, None) == specs
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("2/2", "K must be in 0..N-1"), ("-1/3", "K must be in 0..N-1"), ("0/0", "N >= 1"), ("1", "expected K/N"),
+     ("a/b", "expected K/N"), ("1/2/3", "expected K/N")],
+)  # fmt: skip
+def test_parse_shard_errors(text: str, match: str) -> None:
+    assert parse_shard("0/1") == (0, 1)
+    assert parse_shard(" 3/8") == (3, 8)
+    with pytest.raises(ValueError, match=match):
+        parse_shard(text)
 
 
 def test_video_work_items(tmp_path: Path) -> None:
