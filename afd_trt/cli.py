@@ -424,6 +424,45 @@ def _run_detect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# -- merge -----------------------------------------------------------------------------------
+
+
+def _add_merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "journals", nargs="+", type=Path, metavar="JOURNAL", help="JSON Lines journals (e.g. shards)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="the merged result file")
+    p.add_argument("--format", choices=("jsonl", "coco"), default="jsonl", help="jsonl (default) or coco")
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from .detect_job import SettingsMismatchError, merge_journals
+    from .outputs import coco_from_records, write_bytes_atomic, write_json_atomic
+
+    if any(j.resolve() == args.output.resolve() for j in args.journals):
+        logger.error("merge: the output %s is also an input", args.output)
+        return 2
+    try:
+        records = merge_journals(args.journals)
+    except (OSError, SettingsMismatchError) as e:
+        logger.error("merge: %s", e)
+        return 2
+    if args.format == "coco":
+        write_json_atomic(args.output, coco_from_records(records))
+    else:
+        lines = (json.dumps(r, ensure_ascii=False, allow_nan=True) + "\n" for r in records)
+        write_bytes_atomic(args.output, "".join(lines).encode("utf-8"))
+    errors = sum("error" in r for r in records)
+    logger.info(
+        "merge: %d inputs (%d failed) from %d journals -> %s",
+        len(records),
+        errors,
+        len(args.journals),
+        args.output,
+    )
+    return 0
+
+
 # -- build -----------------------------------------------------------------------------------
 
 
@@ -531,6 +570,11 @@ COMMANDS: dict[str, Command] = {
         "detect faces and landmarks in images, folders and videos: resumable JSON Lines or COCO, crops, drawings",
         _add_detect,
         _run_detect,
+    ),
+    "merge": (
+        "merge detect journals (the shards of a cluster job) into one JSON Lines or COCO file",
+        _add_merge,
+        _run_merge,
     ),
     "build": ("build TorchScript / ONNX / TensorRT engines into the engine cache", _add_build, _run_build),
     "bench": ("time the pipeline, optionally side by side with upstream", _add_bench, _run_bench),

@@ -60,6 +60,7 @@ __all__ = [
     "expand_inputs",
     "in_shard",
     "iter_work",
+    "merge_journals",
     "parse_shard",
     "run_detect_job",
     "settings_path",
@@ -374,6 +375,77 @@ def check_run_settings(journal: Path, settings: dict[str, Any], *, overwrite: bo
         logger.info("%s: no settings record (an older run); adopting the current settings", journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(side, settings)
+
+
+def _complete_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """A journal's parsable records of complete lines, in order, and how many lines were not."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    records, bad = [], int(end < len(data))
+    for line in data[:end].splitlines():
+        try:
+            rec = json.loads(line)
+            record_key(rec)
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        records.append(rec)
+    return records, bad
+
+
+def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
+    """The records of several journals, typically the shards of one job, in the order given, each
+    input once (the first record of a key wins).
+
+    Journals whose recorded settings differ in what shapes the records (models, configs,
+    precision, flip test, box scale, filters, video sampling; not the shard, crops or drawings)
+    are refused with :class:`SettingsMismatchError`, so a merge never mixes models or options.
+    An incomplete set of shards (``K/N`` for some but not all K), torn or unparsable lines and
+    duplicates are logged as warnings. ``OSError`` for a journal that cannot be read.
+    """
+    records: list[dict[str, Any]] = []
+    seen: set[Key] = set()
+    first: tuple[Path, dict[str, Any]] | None = None
+    shards: dict[int, set[int]] = {}
+    duplicates = 0
+    for path in journals:
+        side = settings_path(path)
+        if side.exists():
+            try:
+                settings = json.loads(side.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise SettingsMismatchError(f"{side}: unreadable settings record ({e})") from e
+            shard = settings.pop("shard", None)
+            # Where crops and drawings went (and how they were made) does not change records.
+            settings = {k: v for k, v in settings.items() if not k.startswith(("crop", "draw"))}
+            if shard is not None:
+                shards.setdefault(int(shard[1]), set()).add(int(shard[0]))
+            if first is None:
+                first = (path, settings)
+            elif settings != first[1]:
+                diff = sorted(k for k in set(settings) | set(first[1]) if settings.get(k) != first[1].get(k))
+                raise SettingsMismatchError(
+                    f"{path} was written with other settings than {first[0]} ({', '.join(diff)}): "
+                    "refusing to merge results of different models or options"
+                )
+        part, bad = _complete_records(path)
+        if bad:
+            logger.warning("%s: %d incomplete or unparsable line(s) left out", path, bad)
+        for rec in part:
+            key = record_key(rec)
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            records.append(rec)
+    if duplicates:
+        logger.warning("%d record(s) of inputs already merged from an earlier journal left out", duplicates)
+    for n, ks in shards.items():
+        if len(ks) < n:
+            logger.warning(
+                "shards of %d: %s missing", n, ", ".join(f"{k}/{n}" for k in range(n) if k not in ks)
+            )
+    return records
 
 
 class Journal:

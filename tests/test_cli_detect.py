@@ -24,6 +24,7 @@ import pytest
 from paths import REPO, TADNE_GRID
 
 import afd_trt
+from afd_trt.cli import main
 from afd_trt.crops import crop_name, source_tag
 from afd_trt.detect_job import shard_of
 
@@ -442,6 +443,11 @@ def test_shards_split_the_inputs_between_jobs(
             assert rec == reference[_key(rec)]
             seen.append(_key(rec))
     assert sorted(seen, key=str) == sorted(reference, key=str)
+    merged = tmp_path / "merged.jsonl"
+    assert (
+        main(["merge", *(str(tmp_path / f"s{k}" / "faces.jsonl") for k in range(n)), "-o", str(merged)]) == 0
+    )
+    assert [_key(r) for r in _read_jsonl(merged)] == seen
     other = _cli(*_run_args(inputs, models, tmp_path / "s0"), "--shard", f"1/{n}", "--quiet")
     assert other.returncode == 2
     assert "shard: recorded [0, 2], now [1, 2]" in other.stderr

@@ -339,6 +339,52 @@ def test_run_settings_recorded_then_checked(tmp_path: Path) -> None:
     assert json.loads(settings_path(journal).read_text()) == changed
 
 
+def _shard_journal(path: Path, lines: list[str], shard: list[int] | None, **changed: object) -> Path:
+    path.write_text("".join(lines))
+    settings = {"face_detector": "yolov3", "min_score": 0.5, "shard": shard, **changed}
+    settings_path(path).write_text(json.dumps(settings))
+    return path
+
+
+def test_merge_shards(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`afd-trt merge`: the shards' records in order, each input once, as JSON Lines (the same
+    lines) or COCO; torn lines, duplicates and missing shards are reported, never merged."""
+    a = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
+    v = '{"path": "v.mp4", "frame": 3, "time": 0.1, "width": 4, "height": 3, "faces": []}\n'
+    b = '{"path": "b.png", "error": "ValueError: image \'b.png\': no such file"}\n'
+    j0 = _shard_journal(tmp_path / "s0.jsonl", [a, v], [0, 3])
+    j1 = _shard_journal(tmp_path / "s1.jsonl", [b, a, '{"path": "c.png", "wid'], [1, 3], crops="elsewhere")
+    out = tmp_path / "all.jsonl"
+    with caplog.at_level("WARNING"):
+        assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 0
+    assert out.read_text() == a + v + b
+    log = caplog.text
+    assert "1 incomplete or unparsable line(s)" in log
+    assert "1 record(s) of inputs already merged" in log
+    assert "shards of 3: 2/3 missing" in log
+    coco_path = tmp_path / "all.json"
+    assert main(["merge", str(j0), str(j1), "-o", str(coco_path), "--format", "coco"]) == 0
+    coco = json.loads(coco_path.read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["a.png", "v.mp4"]
+    assert [e["path"] for e in coco["errors"]] == ["b.png"]
+
+
+def test_merge_refuses_other_settings_and_overwriting_an_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
+    j0 = _shard_journal(tmp_path / "s0.jsonl", [a], [0, 2])
+    j1 = _shard_journal(tmp_path / "s1.jsonl", [a], [1, 2], min_score=0.25)
+    out = tmp_path / "all.jsonl"
+    assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 2
+    assert "other settings" in caplog.text
+    assert "min_score" in caplog.text
+    assert not out.exists()
+    assert main(["merge", str(j0), "-o", str(j0)]) == 2
+    assert main(["merge", str(tmp_path / "missing.jsonl"), "-o", str(out)]) == 2
+    assert j0.read_text() == a
+
+
 def test_run_settings_adopted_for_an_older_journal_and_an_empty_one(tmp_path: Path) -> None:
     journal = tmp_path / "old.jsonl"
     journal.write_text('{"path": "a.png", "faces": []}\n')
