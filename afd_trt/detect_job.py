@@ -413,13 +413,13 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
         if side.exists():
             try:
                 settings = json.loads(side.read_text(encoding="utf-8"))
-            except ValueError as e:
-                raise SettingsMismatchError(f"{side}: unreadable settings record ({e})") from e
-            shard = settings.pop("shard", None)
+                shard = settings.pop("shard", None)
+                if shard is not None:
+                    shards.setdefault(int(shard[1]), set()).add(int(shard[0]))
+            except (ValueError, AttributeError, TypeError, IndexError) as e:
+                raise SettingsMismatchError(f"{side}: unreadable settings record ({e!r})") from e
             # Where crops and drawings went (and how they were made) does not change records.
             settings = {k: v for k, v in settings.items() if not k.startswith(("crop", "draw"))}
-            if shard is not None:
-                shards.setdefault(int(shard[1]), set()).add(int(shard[0]))
             if first is None:
                 first = (path, settings)
             elif settings != first[1]:

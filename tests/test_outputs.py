@@ -381,6 +381,9 @@ def test_merge_refuses_other_settings_and_overwriting_an_input(
     assert "min_score" in caplog.text
     assert not out.exists()
     assert main(["merge", str(j0), "-o", str(j0)]) == 2
+    settings_path(j1).write_text("[1, 2]")
+    assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 2
+    assert "unreadable settings record" in caplog.text
     assert main(["merge", str(tmp_path / "missing.jsonl"), "-o", str(out)]) == 2
     assert j0.read_text() == a
 
