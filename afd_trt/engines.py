@@ -439,7 +439,10 @@ class OpenVinoEngine:
 class TensorRTEngine:
     """A deserialized TensorRT plan with one execution context, run on the current CUDA stream.
 
-    Inputs larger than the profile's maximum batch are run in chunks of that batch.
+    Inputs larger than the profile's maximum batch are run in chunks of that batch. Thread-safe:
+    the context's shapes and addresses are set and enqueued under a lock, and each run waits
+    (on the GPU, through a CUDA event) for the previous one, whatever stream that was on, since
+    a context's activation memory serves one run at a time.
     """
 
     name = "tensorrt"
@@ -475,6 +478,8 @@ class TensorRTEngine:
         self._dtypes = {n: to_torch[self._engine.get_tensor_dtype(n)] for n in names}
         lo, _, hi = self._engine.get_tensor_profile_shape(self._input, 0)
         self.min_shape, self.max_shape = tuple(lo), tuple(hi)
+        self._lock = threading.Lock()
+        self._last_run: torch.cuda.Event | None = None
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shape = tuple(x.shape)
@@ -486,18 +491,23 @@ class TensorRTEngine:
                 "widen [engine.profiles] in the model config"
             )
         x = x.to(self.device, self._dtypes[self._input]).contiguous()
-        self._context.set_input_shape(self._input, shape)
-        self._context.set_tensor_address(self._input, x.data_ptr())
-        outs = []
-        for n in self._outputs:
-            out = torch.empty(
-                tuple(self._context.get_tensor_shape(n)), dtype=self._dtypes[n], device=self.device
-            )
-            self._context.set_tensor_address(n, out.data_ptr())
-            outs.append(out)
         stream = torch.cuda.current_stream(self.device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execution failed for input shape {shape}")
+        with self._lock:
+            if self._last_run is not None:
+                stream.wait_event(self._last_run)
+            self._context.set_input_shape(self._input, shape)
+            self._context.set_tensor_address(self._input, x.data_ptr())
+            outs = []
+            for n in self._outputs:
+                out = torch.empty(
+                    tuple(self._context.get_tensor_shape(n)), dtype=self._dtypes[n], device=self.device
+                )
+                self._context.set_tensor_address(n, out.data_ptr())
+                outs.append(out)
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execution failed for input shape {shape}")
+            self._last_run = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._last_run.record(stream)
         return _as_float32(tuple(outs))
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -429,6 +430,30 @@ def test_tensorrt(network: str, precision: str, networks: dict[str, Network], ca
     assert NETWORKS[network].input_name in meta["profiles"]
     (onnx_file,) = cache_dir.glob(f"{network}/onnx-fp32-portable-*.onnx")  # the plan's source
     assert meta["onnx_sha256"] == sha256_file(onnx_file)
+
+
+@pytest.mark.needs_cuda
+@needs_tensorrt
+def test_tensorrt_engine_serves_threads_on_their_own_streams(
+    networks: dict[str, Network], cache_dir: Path
+) -> None:
+    """One plan, one execution context, four threads each on its own CUDA stream with its own
+    batch shape: every answer equals that input's answer alone."""
+    engine = create_engine("tensorrt", networks["hrnetv2"], CUDA, precision="fp32", cache=cache_dir)
+    xs = [inputs((n, 3, 256, 256), 10 + n).to(CUDA) for n in (1, 2, 3, 4)] * 3
+    alone = [tuple(t.cpu() for t in engine(x)) for x in xs]
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.cuda.stream(torch.cuda.Stream(CUDA)):
+            out = engine(x)
+            torch.cuda.current_stream(CUDA).synchronize()
+        return tuple(t.cpu() for t in out)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(run, xs))
+    for got, want in zip(answers, alone, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.needs_cuda
