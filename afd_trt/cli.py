@@ -436,7 +436,7 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .detect_job import SettingsMismatchError, merge_journals
+    from .detect_job import SettingsMismatchError, merge_journals, record_line
     from .outputs import coco_from_records, write_bytes_atomic, write_json_atomic
 
     if any(j.resolve() == args.output.resolve() for j in args.journals):
@@ -450,8 +450,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     if args.format == "coco":
         write_json_atomic(args.output, coco_from_records(records))
     else:
-        lines = (json.dumps(r, ensure_ascii=False, allow_nan=True) + "\n" for r in records)
-        write_bytes_atomic(args.output, "".join(lines).encode("utf-8"))
+        write_bytes_atomic(args.output, b"".join(record_line(r) for r in records))
     errors = sum("error" in r for r in records)
     logger.info(
         "merge: %d inputs (%d failed) from %d journals -> %s",

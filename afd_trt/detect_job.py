@@ -62,6 +62,7 @@ __all__ = [
     "iter_work",
     "merge_journals",
     "parse_shard",
+    "record_line",
     "run_detect_job",
     "settings_path",
     "shard_of",
@@ -377,6 +378,11 @@ def check_run_settings(journal: Path, settings: dict[str, Any], *, overwrite: bo
     write_json_atomic(side, settings)
 
 
+def record_line(rec: dict[str, Any]) -> bytes:
+    """One journal line: the record as compact-enough UTF-8 JSON, newline-terminated."""
+    return (json.dumps(rec, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+
+
 def _complete_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     """A journal's parsable records of complete lines, in order, and how many lines were not."""
     data = path.read_bytes()
@@ -541,8 +547,7 @@ class Journal:
 
     def append(self, rec: dict[str, Any]) -> None:
         """Append one record as one line (a single ``write``), then ``fsync`` when due."""
-        data = (json.dumps(rec, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
-        view = memoryview(data)
+        view = memoryview(record_line(rec))
         while view:
             n = os.write(self._fd, view)
             view = view[n:]

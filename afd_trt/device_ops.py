@@ -208,7 +208,8 @@ def warp_crops(
 
 def normalize_crops(u8: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """The landmark network's input from uint8 crops, on their device: ``(u / 255 - mean) / std``
-    in float32, tabulated per output channel (the same values as computing it per pixel).
+    in float32, with upstream's torch operations (a scalar division, then a broadcast tensor
+    subtraction and division), so the values equal upstream's and the C++ op's.
 
     Args:
         u8: uint8 (N, h, w, 3) crops, B, G, R.
@@ -217,13 +218,11 @@ def normalize_crops(u8: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torc
     Returns:
         float32 (N, 3, h, w), R, G, B.
     """
-    n, out_h, out_w = (int(v) for v in u8.shape[:3])
-    levels = torch.arange(256, dtype=torch.float32) / 255.0
-    lut = ((levels[None, :] - torch.from_numpy(mean)[:, None]) / torch.from_numpy(std)[:, None]).to(u8.device)
-    out = torch.empty((n, 3, out_h, out_w), dtype=torch.float32, device=u8.device)
-    for c in range(3):  # output channel c (RGB) reads input channel 2 - c (BGR)
-        out[:, c] = lut[c][u8[..., 2 - c].long()]
-    return out
+    dev = u8.device
+    rgb = u8.permute(0, 3, 1, 2).flip(1).contiguous().to(torch.float32)  # planar bytes, then floats
+    rgb.div_(255.0)
+    mean_t, std_t = (torch.from_numpy(v).to(dev).view(1, 3, 1, 1) for v in (mean, std))
+    return rgb.sub_(mean_t).div_(std_t)
 
 
 def _warp_u8(image: torch.Tensor, inv: torch.Tensor, out_w: int, out_h: int, mode: str) -> torch.Tensor:

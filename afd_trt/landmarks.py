@@ -121,7 +121,7 @@ def warp_crops(
     threads: int = 0,
 ) -> np.ndarray:
     """Normalised face crops: the C++ op for a model of :data:`WARP_MODELS`, or for ``"cv2"``
-    :func:`cv2_crops_u8` with the op's normalisation.
+    :func:`cv2_crops_u8` normalised by ``device_ops.normalize_crops`` (the same values).
 
     Args:
         image: uint8 (H, W, 3) BGR, C-contiguous.
@@ -137,15 +137,9 @@ def warp_crops(
     """
     if mode != "cv2":
         return ops.warp_crops(image, mats, size, mean, std, threads=threads, mode=mode)
-    mean32 = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-    std32 = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
-    crops = cv2_crops_u8(image, mats, size)
-    out = np.empty((len(crops), 3, size[1], size[0]), dtype=np.float32)
-    for i, crop in enumerate(crops):
-        np.divide(crop[..., ::-1].transpose(2, 0, 1), np.float32(255), out=out[i], dtype=np.float32)
-        np.subtract(out[i], mean32, out=out[i])
-        np.divide(out[i], std32, out=out[i])
-    return out
+    u8 = torch.from_numpy(cv2_crops_u8(image, mats, size))
+    mean32, std32 = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    return device_ops.normalize_crops(u8, mean32, std32).numpy()
 
 
 def boxes_to_center_scale(
