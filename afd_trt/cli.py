@@ -57,6 +57,10 @@ Resumable: a re-run with the same output skips the inputs (path, frame) already 
 (failed ones too, unless --retry-errors); a killed run leaves a valid file. --format coco keeps
 the JSON Lines journal at OUTPUT.jsonl and (re)writes the COCO file OUTPUT atomically at the end.
 
+cluster jobs: N jobs with the same inputs and --shard 0/N ... --shard N-1/N (one output each)
+split them by a hash of each input's path; `afd-trt merge OUT-*.jsonl -o all.jsonl` (or
+`-o all.json --format coco`) joins their journals.
+
 exit status: 0 all inputs processed, 1 some input failed (now or recorded earlier) or writing
 failed, 2 bad arguments or models that cannot be loaded, 130 interrupted (Ctrl-C, SIGTERM: the
 journal stays valid; run again to finish).
