@@ -8,8 +8,10 @@ Results are what upstream returns: per face ``{"bbox": float32 (5,) [x1, y1, x2,
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -354,6 +356,13 @@ class Detector:
         if self.face_detector is not None:
             self.face_detector.timer = self.timings
         self.oom_splits = 0
+        self._compute_lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self.device.type == "cpu" else contextlib.nullcontext()
+        )
+        """On the CPU, the networks of calls from several threads run one at a time: each already
+        uses every core, and running two at once changes how oneDNN splits the work, so the last
+        bits of a result would depend on what else ran; serialised, every call gives exactly its
+        answer alone. Decoding and preprocessing (``stream``'s workers) still overlap."""
         """How many times a batch was split in two after CUDA ran out of memory."""
 
     @staticmethod
@@ -592,7 +601,8 @@ class Detector:
                 for img, b, p in zip(images, boxes, preps, strict=True)
             ]
         try:
-            return self._run_batch(images, boxes, stacklevel + 1, preps)
+            with self._compute_lock:
+                return self._run_batch(images, boxes, stacklevel + 1, preps)
         except Exception as e:
             if not _is_oom(e) or len(images) < 2:
                 raise
