@@ -359,10 +359,11 @@ class Detector:
         self._compute_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.device.type == "cpu" else contextlib.nullcontext()
         )
-        """On the CPU, the networks of calls from several threads run one at a time: each already
-        uses every core, and running two at once changes how oneDNN splits the work, so the last
-        bits of a result would depend on what else ran; serialised, every call gives exactly its
-        answer alone. Decoding and preprocessing (``stream``'s workers) still overlap."""
+        """On the CPU, the compute of calls from several threads (networks, crop warp, heatmap
+        decoding) runs one at a time: each already uses every core, and overlapping calls were
+        seen to differ in the last bits (keypoints 4e-3 px apart; oneDNN's work split or
+        OpenCV/IPP's bands); serialised, every call gives exactly its answer alone. Decoding and
+        preprocessing (``stream``'s workers) still overlap."""
         """How many times a batch was split in two after CUDA ran out of memory."""
 
     @staticmethod
