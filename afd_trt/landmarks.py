@@ -105,8 +105,9 @@ def cv2_crops_u8(image: np.ndarray, mats: np.ndarray, size: tuple[int, int]) -> 
         uint8 (N, h, w, 3), the image's channel order.
     """
     w, h = size
-    out = np.empty((len(mats), h, w, 3), dtype=np.uint8)
-    for i, m in enumerate(np.asarray(mats, dtype=np.float64).reshape(-1, 2, 3)):
+    maps = np.asarray(mats, dtype=np.float64).reshape(-1, 2, 3)
+    out = np.empty((len(maps), h, w, 3), dtype=np.uint8)
+    for i, m in enumerate(maps):
         cv2.warpAffine(image, m, (w, h), dst=out[i], flags=cv2.INTER_LINEAR)
     return out
 
