@@ -7,7 +7,8 @@ The measurement behind docs/benchmarks.md's "where the time goes" section; re-ru
 
 For each network at the pipeline's shape (``benchmarks/engines.py``'s ``SHAPES``):
 
-- eager fp32 torch, the arithmetic that gives upstream's exact numbers: the median time, ATen
+- eager fp32 torch, the arithmetic that gives upstream's exact numbers (the input in the memory
+  format the pipeline gives it, as upstream does: channels-last for HRNetV2): the median time, ATen
   ops by self time (``torch.profiler``), and oneDNN's primitives by kind and implementation, read
   from its verbose log (``torch.backends.mkldnn.verbose``). That log separates the convolution
   kernels from the layout reorders torch wraps around each convolution (plain NCHW to oneDNN's
@@ -42,6 +43,10 @@ from afd_trt.engines import cached_onnx
 logger = logging.getLogger("benchmarks.profile_networks")
 
 NETWORKS = ("yolov3", "hrnetv2")
+# The memory format each network's input has in the pipeline, which is upstream's: HRNetV2 gets
+# its crops channels-last (afd_trt.landmarks, ``LandmarkEstimator._heatmaps``), so eager torch
+# runs it channels-last throughout; YOLOv3 gets a contiguous NCHW image.
+INPUT_FORMATS = {"yolov3": torch.contiguous_format, "hrnetv2": torch.channels_last}
 
 
 def _median_ms(fn: Callable[[], Any], warmup: int, repeat: int) -> float:
@@ -143,13 +148,14 @@ def profile_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
     net = _network(name, args.weights)
     shape = SHAPES[name]
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=INPUT_FORMATS[name])
     module = net.module
 
     def eager() -> Any:
         with torch.no_grad():
             return module(x)
 
-    result: dict[str, Any] = {"network": name, "shape": list(shape)}
+    result: dict[str, Any] = {"network": name, "shape": list(shape), "input_format": str(INPUT_FORMATS[name])}
     result["eager_ms"] = _median_ms(eager, args.warmup, args.repeat)
     result["aten_ops"] = aten_ops(eager, args.top)
     result["onednn"] = onednn_primitives(eager)
@@ -161,7 +167,9 @@ def profile_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
     result["openvino"] = {}
     for precision in args.openvino:
         try:
-            result["openvino"][precision] = openvino_layers(onnx, x.numpy(), precision, args)
+            result["openvino"][precision] = openvino_layers(
+                onnx, np.ascontiguousarray(x.numpy()), precision, args
+            )
         except ImportError as e:
             result["openvino"][precision] = {"error": f"openvino is not installed: {e}"}
     return result
@@ -169,7 +177,9 @@ def profile_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> str:
     """A plain-text summary of :func:`profile_network`'s result."""
-    lines = [f"## {r['network']} {tuple(r['shape'])}: eager fp32 torch {r['eager_ms']:.1f} ms"]
+    lines = [
+        f"## {r['network']} {tuple(r['shape'])} ({r['input_format']}): eager fp32 torch {r['eager_ms']:.1f} ms"
+    ]
     total = sum(v["ms"] for v in r["onednn"].values())
     lines.append(f"oneDNN primitives ({total:.1f} ms):")
     for k, v in sorted(r["onednn"].items(), key=lambda kv: -kv[1]["ms"]):
