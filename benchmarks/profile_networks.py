@@ -25,17 +25,15 @@ import ctypes
 import json
 import logging
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from engines import SHAPES, _network
+from engines import SHAPES, _network, _time
 
 from afd_trt.engine_cache import EngineCache
 from afd_trt.engines import cached_onnx
@@ -47,17 +45,6 @@ NETWORKS = ("yolov3", "hrnetv2")
 # its crops channels-last (afd_trt.landmarks, ``LandmarkEstimator._heatmaps``), so eager torch
 # runs it channels-last throughout; YOLOv3 gets a contiguous NCHW image.
 INPUT_FORMATS = {"yolov3": torch.contiguous_format, "hrnetv2": torch.channels_last}
-
-
-def _median_ms(fn: Callable[[], Any], warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def aten_ops(fn: Callable[[], Any], top: int) -> list[dict[str, Any]]:
@@ -133,7 +120,7 @@ def openvino_layers(onnx: Path, x: np.ndarray, precision: str, args: argparse.Na
         "PERF_COUNT": True,
     }
     request = ov.Core().compile_model(str(onnx), "CPU", config).create_infer_request()
-    ms = _median_ms(lambda: request.infer({0: x}), args.warmup, args.repeat)
+    ms = 1000 * _time(lambda: request.infer({0: x}), args.warmup, args.repeat)
     by_type: dict[str, float] = collections.Counter()
     layers = []
     for p in request.get_profiling_info():
@@ -156,7 +143,7 @@ def profile_network(name: str, args: argparse.Namespace) -> dict[str, Any]:
             return module(x)
 
     result: dict[str, Any] = {"network": name, "shape": list(shape), "input_format": str(INPUT_FORMATS[name])}
-    result["eager_ms"] = _median_ms(eager, args.warmup, args.repeat)
+    result["eager_ms"] = 1000 * _time(eager, args.warmup, args.repeat)
     result["aten_ops"] = aten_ops(eager, args.top)
     result["onednn"] = onednn_primitives(eager)
     try:
