@@ -73,7 +73,7 @@ def parse_onednn_verbose(lines: list[str]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"ms": 0.0, "calls": 0})
     for line in lines:
         f = line.strip().split(",")
-        if len(f) < 8 or f[0] != "onednn_verbose" or f[3] != "exec":
+        if len(f) < 10 or f[0] != "onednn_verbose" or f[3] != "exec":
             continue
         kind, impl, mds = f[5], f[6], f[8]
         if kind == "reorder":
@@ -100,8 +100,8 @@ def onednn_primitives(fn: Callable[[], Any]) -> dict[str, dict[str, float]]:
         try:
             with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                 fn()
-            libc.fflush(None)
         finally:
+            libc.fflush(None)  # the log's buffered tail goes to the file, not to the real stdout
             os.dup2(saved, 1)
             os.close(saved)
         log.seek(0)
@@ -167,7 +167,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"## {r['network']} {tuple(r['shape'])} ({r['input_format']}): eager fp32 torch {r['eager_ms']:.1f} ms"
     ]
-    total = sum(v["ms"] for v in r["onednn"].values())
+    total = sum(v["ms"] for v in r["onednn"].values()) or float("nan")  # nan: no oneDNN calls
     lines.append(f"oneDNN primitives ({total:.1f} ms):")
     for k, v in sorted(r["onednn"].items(), key=lambda kv: -kv[1]["ms"]):
         lines.append(f"  {k:40s} {v['ms']:9.1f} ms  {100 * v['ms'] / total:5.1f}%  {int(v['calls'])} calls")

@@ -49,6 +49,7 @@ def test_verbose_lines_other_than_exec_are_ignored() -> None:
         "dst:f32::blocked:abcd::f0,attr-scratchpad:user,,8x64x128x128,1.5",
         "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,forward_training,"
         "src:f32:a:blocked:abcd::f0,attr-scratchpad:user,alg:convolution_direct,mb8,2.0",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef",  # a torn line
         "some other output",
     ]
     got = profile_networks.parse_onednn_verbose(lines)
