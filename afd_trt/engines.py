@@ -16,11 +16,13 @@ outputs returned as float32; results then deviate from upstream's fp32 (``afd-tr
 - ``openvino``: the same ONNX model compiled by OpenVINO for this CPU; fp32, and bf16 on CPUs with
   AVX512-BF16/AMX (``pip install 'afd_trt[openvino]'``). Measured fastest on the 2-core
   AVX512-BF16 development CPU (docs/benchmarks.md).
-- ``tensorrt``: the ONNX model built into a TensorRT 10 plan with the config's optimisation
-  profile; CUDA only, fp32 or fp16.
+- ``tensorrt``: the ONNX model built into a TensorRT plan (10.x or 11.x) with the config's
+  optimisation profile; CUDA only, fp32 or fp16. Plans are strongly typed (the only kind TensorRT
+  11 builds): an fp16 plan comes from an fp16 export of the network (:func:`export_onnx`).
 
 A network's ONNX model is exported once into the cache (:func:`cached_onnx`) and shared: ONNX
-Runtime and OpenVINO load that file on any device and precision, TensorRT builds its plans from it.
+Runtime and OpenVINO load the fp32 file on any device and precision, TensorRT builds its plans
+from the fp32 or the fp16 file.
 
 ``"auto"`` picks the fastest available per network and device (:func:`resolve_backend`). Built
 engines live in an :class:`~afd_trt.engine_cache.EngineCache`.
@@ -53,6 +55,7 @@ __all__ = [
     "BACKENDS",
     "ENGINES",
     "NETWORKS",
+    "ONNX_PRECISIONS",
     "PRECISIONS",
     "BackendUnavailableError",
     "Engine",
@@ -76,6 +79,7 @@ __all__ = [
     "onnx_key",
     "optimize_torchscript",
     "resolve_backend",
+    "strongly_typed_network_flags",
     "trace_torchscript",
 ]
 
@@ -83,6 +87,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 ONNX_OPSET = 17
+ONNX_PRECISIONS = ("fp32", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -241,11 +246,36 @@ def optimize_torchscript(
         return torch.jit.optimize_for_inference(module)
 
 
-def export_onnx(module: nn.Module, io: NetworkIO, path: Path, opset: int = ONNX_OPSET) -> None:
-    """Export ``module`` (fp32) to ONNX at ``path`` with the dynamic axes of ``io``; the result is
-    checked with ``onnx.checker``. Uses the TorchScript-based exporter (no onnxscript needed)."""
+class _HalfInside(nn.Module):
+    """``module`` in float16 behind a float32 input and float32 outputs (flattened).
+
+    Its ONNX export is a strongly typed fp16 network: float16 weights, every layer in float16,
+    a Cast after the input and before each output, as TensorRT 11 wants them (it dropped the
+    fp16 builder flag of TensorRT 10's weakly typed networks)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(module).to(torch.float16).eval()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(o.float() for o in flatten_outputs(self.inner(x.to(torch.float16))))
+
+
+def export_onnx(
+    module: nn.Module, io: NetworkIO, path: Path, opset: int = ONNX_OPSET, precision: str = "fp32"
+) -> None:
+    """Export ``module`` to ONNX at ``path`` with the dynamic axes of ``io``; the result is
+    checked with ``onnx.checker``. Uses the TorchScript-based exporter (no onnxscript needed).
+
+    ``precision``: ``"fp32"``, or ``"fp16"``: float16 weights and arithmetic between a float32
+    input and float32 outputs (traced on the module's device; torch runs float16 on the CPU too).
+    """
     import onnx
 
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"ONNX precision must be one of {ONNX_PRECISIONS}, got {precision!r}")
+    if precision == "fp16":
+        module = _HalfInside(module)
     dev = next(module.parameters()).device
     example = torch.zeros(io.example_shape, device=dev)
     dynamic = {io.input_name: {a: f"{io.input_name}_{a}" for a in io.input_dynamic}}
@@ -271,34 +301,51 @@ def _tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as e:
         raise BackendUnavailableError(
-            "backend 'tensorrt' needs NVIDIA TensorRT 10 for Python (pip install tensorrt) and a CUDA GPU"
+            "backend 'tensorrt' needs NVIDIA TensorRT >= 10 for Python (pip install tensorrt) and a CUDA GPU"
         ) from e
     if int(str(trt.__version__).split(".")[0]) < 10:
         raise BackendUnavailableError(f"backend 'tensorrt' needs TensorRT >= 10, found {trt.__version__}")
     return trt
 
 
+def strongly_typed_network_flags(tensorrt_version: str, strongly_typed_flag: int | None) -> int:
+    """The ``create_network`` flags of a strongly typed network: TensorRT 11 builds nothing else
+    (0, its default), TensorRT 10 sets ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+    (``strongly_typed_flag``, the enum's int value; None where the binding lacks it)."""
+    major = int(tensorrt_version.split(".")[0])
+    if major >= 11:
+        return 0
+    if strongly_typed_flag is None:
+        raise BackendUnavailableError(
+            f"TensorRT {tensorrt_version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED; install TensorRT >= 10"
+        )
+    return 1 << strongly_typed_flag
+
+
 def build_tensorrt_plan(
-    onnx_path: Path, input_name: str, profile: ShapeProfile, precision: str, workspace_bytes: int = 4 << 30
+    onnx_path: Path, input_name: str, profile: ShapeProfile, workspace_bytes: int = 4 << 30
 ) -> bytes:
     """Build a serialized TensorRT plan from an ONNX model with one optimisation profile.
 
+    The network is strongly typed: it runs in the types of the ONNX model (an fp16 plan comes from
+    an fp16 export, :func:`export_onnx`), the same on TensorRT 10 and 11.
+
     Args:
         profile: min/opt/max shapes of ``input_name``.
-        precision: ``"fp32"``, or ``"fp16"`` (lets TensorRT pick half-precision kernels).
     """
     trt = _tensorrt()
     log = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(log)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(
+        strongly_typed_network_flags(str(trt.__version__), None if flag is None else int(flag))
+    )
     parser = trt.OnnxParser(network, log)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(input_name, profile.min, profile.opt, profile.max)
     config.add_optimization_profile(opt_profile)
@@ -579,10 +626,13 @@ def _load_torchscript(path: Path, net: Network, device: torch.device, precision:
     return TorchScriptEngine.load(path, net.io, device, precision)
 
 
-def onnx_key(net: Network) -> EngineKey:
-    """The cache key of ``net``'s ONNX model. One file serves every backend that runs ONNX (ONNX
-    Runtime, OpenVINO, TensorRT's builder) on every device and precision: an exported graph is fp32
-    and portable, so only the weights, the config, the exporting torch and the opset make it."""
+def onnx_key(net: Network, precision: str = "fp32") -> EngineKey:
+    """The cache key of ``net``'s ONNX model at ``precision`` (:data:`ONNX_PRECISIONS`). The fp32
+    file serves every backend that runs ONNX (ONNX Runtime, OpenVINO, TensorRT's builder) on every
+    device and precision but TensorRT's fp16, which has its own: an exported graph is portable, so
+    only the weights, the config, the exporting torch, the opset and the precision make it."""
+    if precision not in ONNX_PRECISIONS:
+        raise ValueError(f"ONNX precision must be one of {ONNX_PRECISIONS}, got {precision!r}")
     return EngineKey(
         model=net.name,
         weights_sha256=net.weights_sha256,
@@ -590,7 +640,7 @@ def onnx_key(net: Network) -> EngineKey:
         backend="onnx",
         device="portable",
         runtime=_onnx_runtime(),
-        precision="fp32",
+        precision=precision,
     )
 
 
@@ -598,18 +648,19 @@ def _onnx_runtime() -> str:
     return f"torch-{torch.__version__}+opset-{ONNX_OPSET}"
 
 
-def cached_onnx(net: Network, cache: EngineCache) -> Path:
-    """``net``'s ONNX model in ``cache`` (:func:`onnx_key`), exported (from a CPU copy of the
-    module when it lives on a GPU) the first time it is asked for."""
+def cached_onnx(net: Network, cache: EngineCache, precision: str = "fp32") -> Path:
+    """``net``'s ONNX model at ``precision`` in ``cache`` (:func:`onnx_key`), exported (from a
+    CPU copy of the module when it lives on a GPU) the first time it is asked for."""
+    key = onnx_key(net, precision)
 
     def build(dest: Path) -> dict[str, Any]:
         module = net.module
         if next(module.parameters()).device.type != "cpu":
             module = copy.deepcopy(module).to("cpu")
-        export_onnx(module, net.io, dest)
+        export_onnx(module, net.io, dest, precision=precision)
         return {"onnx_opset": ONNX_OPSET, "exported_by": f"torch-{torch.__version__}"}
 
-    return cache.load_or_build(onnx_key(net), ".onnx", build, lambda p: p)
+    return cache.load_or_build(key, ".onnx", build, lambda p: p)
 
 
 def _load_onnx(path: Path, net: Network, device: torch.device, precision: str) -> Engine:
@@ -634,11 +685,13 @@ def _build_tensorrt(
             f"backend 'tensorrt' for {net.name}: the model config has no [engine.profiles.{net.io.input_name}] "
             "table (min/opt/max input shapes)"
         )
-    onnx_path = cached_onnx(net, cache)
+    onnx_path = cached_onnx(net, cache, precision)  # strongly typed: the ONNX types are the plan's
     with torch.cuda.device(device):
-        dest.write_bytes(build_tensorrt_plan(onnx_path, net.io.input_name, profile, precision))
+        dest.write_bytes(build_tensorrt_plan(onnx_path, net.io.input_name, profile))
     return {
         "onnx_sha256": sha256_file(onnx_path),
+        "onnx_precision": precision,
+        "strongly_typed": True,
         "tensorrt": trt.__version__,
         "precision": precision,
         "profiles": _profile_meta(net.io.input_name, profile),

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -29,9 +30,12 @@ from afd_trt.engines import (
     BackendUnavailableError,
     Engine,
     Network,
+    OnnxRuntimeEngine,
+    cached_onnx,
     create_engine,
     load_engine_file,
     resolve_backend,
+    strongly_typed_network_flags,
 )
 from afd_trt.models import build_model
 from afd_trt.weights import sha256_file
@@ -369,6 +373,90 @@ def test_auto_engine_is_the_chosen_backend(networks: dict[str, Network], cache_d
     assert engine.name == AUTO_CPU["bf16"]["hrnetv2"][0]
 
 
+# The fp16 ONNX model TensorRT builds its fp16 plans from (TensorRT 11 builds only strongly typed
+# networks: the types in the graph are the types the plan runs)
+# ---------------------------------------------------------------------------------------------
+
+FLOAT, FLOAT16 = 1, 10  # onnx.TensorProto data types
+FP16_TOL = 2e-2  # max |fp16 - eager fp32| / max |eager fp32|; measured 4e-4 to 5e-3 (ONNX Runtime)
+
+
+def _onnx_types(model: Any) -> dict[str, int]:
+    """Tensor name -> ONNX element type, after strict shape inference of ``model``."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+@pytest.mark.parametrize("network", list(SHAPES))
+def test_fp16_onnx_computes_in_half_between_float32_ends(
+    network: str, networks: dict[str, Network], cache_dir: Path
+) -> None:
+    """float32 input and outputs; every convolution and matrix product on float16 tensors and
+    weights; no float32 tensor made inside but the output casts and Resize's scales; run by ONNX
+    Runtime, within half precision of eager fp32 and clearly not fp32 arithmetic."""
+    import onnx
+
+    net = networks[network]
+    path = cached_onnx(net, EngineCache(cache_dir), "fp16")
+    assert path.name.startswith("onnx-fp16-portable-")
+    assert path != cached_onnx(net, EngineCache(cache_dir))  # the fp32 model is another file
+    model = onnx.load(str(path))
+    types = _onnx_types(model)
+    g = model.graph
+    assert [types[v.name] for v in g.input] == [FLOAT]
+    outputs = [v.name for v in g.output]
+    assert outputs == list(NETWORKS[network].output_names)
+    assert {types[n] for n in outputs} == {FLOAT}
+    products = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    assert products
+    for node in products:
+        assert {types[i] for i in node.input if i} == {FLOAT16}, (node.name, node.input)
+    for node in g.node:
+        made_float = [o for o in node.output if types[o] == FLOAT]
+        if not made_float:
+            continue
+        assert node.op_type in ("Cast", "Constant"), (node.name, node.op_type)
+        if node.op_type == "Cast":
+            assert made_float[0] in outputs, f"{node.name}: a float32 tensor inside the fp16 network"
+        else:
+            users = [
+                (u.op_type, list(u.input).index(made_float[0])) for u in g.node if made_float[0] in u.input
+            ]
+            assert users, node.name
+            assert all(u == ("Resize", 2) for u in users), (node.name, users)
+
+    engine = OnnxRuntimeEngine(path, CPU)
+    eager = create_engine("torch", net, CPU)
+    for i, shape in enumerate(SHAPES[network]):
+        x = inputs(shape, 30 + i)
+        dev = rel_dev(engine(x), eager(x))
+        assert max(dev) <= FP16_TOL, f"{network} {shape}: {dev}"
+        assert max(dev) > 1e-4, f"{network} {shape}: {dev}: fp32 arithmetic, not fp16"
+
+
+@pytest.mark.parametrize(
+    ("version", "flag", "want"),
+    [("10.0.1", 5, 1 << 5), ("10.16.1.11", 5, 1 << 5), ("11.4.0.106", None, 0), ("11.0.0", 5, 0)],
+)
+def test_strongly_typed_network_flags(version: str, flag: int | None, want: int) -> None:
+    assert strongly_typed_network_flags(version, flag) == want
+
+
+def test_strongly_typed_flag_missing_in_tensorrt_10_is_named() -> None:
+    with pytest.raises(BackendUnavailableError, match=r"TensorRT 10\.0\.0 has no .*STRONGLY_TYPED"):
+        strongly_typed_network_flags("10.0.0", None)
+
+
+def test_bad_onnx_precision_is_refused(networks: dict[str, Network], cache_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"ONNX precision must be one of \('fp32', 'fp16'\), got 'bf16'"):
+        cached_onnx(networks["faster-rcnn-box-head"], EngineCache(cache_dir), "bf16")
+
+
 # GPU: TorchScript fp32/fp16, ONNX Runtime's CUDA provider, TensorRT fp32/fp16
 # ---------------------------------------------------------------------------------------------
 
@@ -428,8 +516,10 @@ def test_tensorrt(network: str, precision: str, networks: dict[str, Network], ca
     assert meta["weights_sha256"] == networks[network].weights_sha256
     assert meta["config_hash"] == networks[network].config_hash
     assert NETWORKS[network].input_name in meta["profiles"]
-    (onnx_file,) = cache_dir.glob(f"{network}/onnx-fp32-portable-*.onnx")  # the plan's source
+    # the plan's source: the fp32 or the fp16 export (strongly typed plans take the ONNX types)
+    (onnx_file,) = cache_dir.glob(f"{network}/onnx-{precision}-portable-*.onnx")
     assert meta["onnx_sha256"] == sha256_file(onnx_file)
+    assert (meta["onnx_precision"], meta["strongly_typed"]) == (precision, True)
 
 
 @pytest.mark.needs_cuda
