@@ -12,7 +12,8 @@ Reduced precisions (``bf16``, ``fp16``) are opt-in: weights and activations in t
 outputs returned as float32; results then deviate from upstream's fp32 (``afd-trt bench
 --compare-upstream`` reports by how much). bf16 on a CPU is fast only with AVX512-BF16 or AMX.
 - ``onnxruntime``: ONNX (opset 17, dynamic batch / height / width / RoI count, checked with
-  ``onnx.checker``) run by ONNX Runtime (CPU, or its CUDA provider where installed); fp32.
+  ``onnx.checker``) run by ONNX Runtime (CPU; on a GPU its CUDA provider, behind its TensorRT
+  provider over the config's profile where that is installed); fp32.
 - ``openvino``: the same ONNX model compiled by OpenVINO for this CPU; fp32, and bf16 on CPUs with
   AVX512-BF16/AMX (``pip install 'afd_trt[openvino]'``). Measured fastest on the 2-core
   AVX512-BF16 development CPU (docs/benchmarks.md).
@@ -78,6 +79,7 @@ __all__ = [
     "networks_of",
     "onnx_key",
     "optimize_torchscript",
+    "ort_providers",
     "resolve_backend",
     "strongly_typed_network_flags",
     "trace_torchscript",
@@ -409,33 +411,83 @@ class TorchScriptEngine:
             return _as_float32(flatten_outputs(outs))
 
 
+Provider = str | tuple[str, dict[str, str]]
+
+
+def _shape_option(input_name: str, shape: tuple[int, ...]) -> str:
+    return f"{input_name}:{'x'.join(str(d) for d in shape)}"
+
+
+def ort_providers(
+    device: torch.device,
+    available: list[str],
+    trt_profile: tuple[str, ShapeProfile] | None = None,
+    trt_cache_dir: Path | None = None,
+) -> list[Provider]:
+    """ONNX Runtime's execution providers for ``device``, best first.
+
+    CPU: the CPU provider. CUDA: the CUDA provider (needs onnxruntime-gpu: ``available``, ONNX
+    Runtime's ``get_available_providers()``, must list it), preceded by the TensorRT provider where
+    it is available and ``trt_profile`` (input name, profile from the model config) is given: with
+    the profile's min/opt/max shapes, so one TensorRT engine serves every input shape (without them
+    it would build one per new shape), cached in ``trt_cache_dir``.
+    """
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise BackendUnavailableError(
+            f"backend 'onnxruntime' on {device}: this onnxruntime has no CUDAExecutionProvider "
+            f"(providers: {available}); install onnxruntime-gpu"
+        )
+    index = str(device.index or 0)
+    providers: list[Provider] = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    if "TensorrtExecutionProvider" in available and trt_profile is not None:
+        name, profile = trt_profile
+        options = {
+            "device_id": index,
+            "trt_profile_min_shapes": _shape_option(name, profile.min),
+            "trt_profile_opt_shapes": _shape_option(name, profile.opt),
+            "trt_profile_max_shapes": _shape_option(name, profile.max),
+        }
+        if trt_cache_dir is not None:
+            options.update(trt_engine_cache_enable="True", trt_engine_cache_path=str(trt_cache_dir))
+        providers.insert(0, ("TensorrtExecutionProvider", options))
+    return providers
+
+
 class OnnxRuntimeEngine:
-    """An ONNX model in an ONNX Runtime session (CPU provider; CUDA provider on a GPU device).
+    """An ONNX model in an ONNX Runtime session: the CPU provider, or on a GPU device the CUDA
+    provider, behind the TensorRT provider where installed (:func:`ort_providers`).
 
     ``threads``: intra-op threads; None follows ``torch.get_num_threads()`` so both runtimes
-    share one setting.
+    share one setting. ``trt_profile``/``trt_cache_dir``: the input's TensorRT optimisation
+    profile and where ONNX Runtime's TensorRT provider caches its engines (no TensorRT provider
+    without a profile). ``providers``: those the session runs with.
 
     Tensors go through host memory (numpy) both ways; outputs come back on ``device``.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, device: torch.device, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        device: torch.device,
+        threads: int | None = None,
+        trt_profile: tuple[str, ShapeProfile] | None = None,
+        trt_cache_dir: Path | None = None,
+    ) -> None:
         import onnxruntime as ort
 
-        providers: list[str | tuple[str, dict[str, int]]] = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendUnavailableError(
-                    f"backend 'onnxruntime' on {device}: this onnxruntime has no CUDAExecutionProvider "
-                    f"(providers: {ort.get_available_providers()}); install onnxruntime-gpu"
-                )
-            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        providers = ort_providers(device, ort.get_available_providers(), trt_profile, trt_cache_dir)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, opts, providers=providers)
+        self.providers: list[str] = list(self.session.get_providers())
+        if device.type == "cuda":
+            logger.info("onnxruntime on %s: providers %s", device, self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.device = device
 
@@ -664,7 +716,12 @@ def cached_onnx(net: Network, cache: EngineCache, precision: str = "fp32") -> Pa
 
 
 def _load_onnx(path: Path, net: Network, device: torch.device, precision: str) -> Engine:
-    return OnnxRuntimeEngine(path, device)
+    profile = net.profile() if device.type == "cuda" else None
+    trt_profile = None if profile is None else (net.io.input_name, profile)
+    # ONNX Runtime's TensorRT provider keys its cached engines itself (model, GPU, TensorRT).
+    return OnnxRuntimeEngine(
+        path, device, trt_profile=trt_profile, trt_cache_dir=path.parent / "ort-tensorrt"
+    )
 
 
 def _load_openvino(path: Path, net: Network, device: torch.device, precision: str) -> Engine:

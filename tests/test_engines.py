@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from afd_trt.config import load_config
+from afd_trt.config import ShapeProfile, load_config
 from afd_trt.engine_cache import EngineCache, EngineMismatchError
 from afd_trt.engines import (
     AUTO_CPU,
@@ -34,6 +34,7 @@ from afd_trt.engines import (
     cached_onnx,
     create_engine,
     load_engine_file,
+    ort_providers,
     resolve_backend,
     strongly_typed_network_flags,
 )
@@ -457,6 +458,57 @@ def test_bad_onnx_precision_is_refused(networks: dict[str, Network], cache_dir: 
         cached_onnx(networks["faster-rcnn-box-head"], EngineCache(cache_dir), "bf16")
 
 
+# ONNX Runtime's execution providers: CPU; CUDA; TensorRT (with the config's profile) before CUDA
+# ---------------------------------------------------------------------------------------------
+
+ALL_ORT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+PROFILE = ShapeProfile((1, 3, 64, 64), (1, 3, 352, 608), (16, 3, 1344, 1344))
+
+
+def test_ort_providers_on_cpu_and_without_onnxruntime_gpu() -> None:
+    assert ort_providers(CPU, ALL_ORT, ("image", PROFILE)) == ["CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailableError, match=r"cuda:1: .*no CUDAExecutionProvider.*onnxruntime-gpu"):
+        ort_providers(torch.device("cuda:1"), ["AzureExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_ort_providers_on_cuda(tmp_path: Path) -> None:
+    cuda1 = torch.device("cuda", 1)
+    cuda_cpu = [("CUDAExecutionProvider", {"device_id": "1"}), "CPUExecutionProvider"]
+    assert ort_providers(cuda1, ALL_ORT[1:], ("image", PROFILE), tmp_path) == cuda_cpu
+    # TensorRT without a profile would build an engine per input shape: not used
+    assert ort_providers(cuda1, ALL_ORT, None, tmp_path) == cuda_cpu
+    assert ort_providers(cuda1, ALL_ORT, ("image", PROFILE), tmp_path) == [
+        (
+            "TensorrtExecutionProvider",
+            {
+                "device_id": "1",
+                "trt_profile_min_shapes": "image:1x3x64x64",
+                "trt_profile_opt_shapes": "image:1x3x352x608",
+                "trt_profile_max_shapes": "image:16x3x1344x1344",
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(tmp_path),
+            },
+        ),
+        *cuda_cpu,
+    ]
+    no_cache = ort_providers(torch.device("cuda"), ALL_ORT, ("crops", PROFILE))
+    assert no_cache[0] == (
+        "TensorrtExecutionProvider",
+        {
+            "device_id": "0",
+            "trt_profile_min_shapes": "crops:1x3x64x64",
+            "trt_profile_opt_shapes": "crops:1x3x352x608",
+            "trt_profile_max_shapes": "crops:16x3x1344x1344",
+        },
+    )
+
+
+def test_onnxruntime_engine_on_cpu_runs_the_cpu_provider(engines: dict[tuple[str, str], Engine]) -> None:
+    engine = engines["hrnetv2", "onnxruntime"]
+    assert isinstance(engine, OnnxRuntimeEngine)
+    assert engine.providers == ["CPUExecutionProvider"]
+
+
 # GPU: TorchScript fp32/fp16, ONNX Runtime's CUDA provider, TensorRT fp32/fp16
 # ---------------------------------------------------------------------------------------------
 
@@ -494,6 +546,25 @@ def test_onnxruntime_cuda(network: str, networks: dict[str, Network], cache_dir:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip(f"onnxruntime has no CUDAExecutionProvider ({ort.get_available_providers()})")
     _gpu_case(network, "onnxruntime", "fp32", networks, cache_dir)
+    engine = create_engine("onnxruntime", networks[network], CUDA, cache=cache_dir)
+    assert isinstance(engine, OnnxRuntimeEngine)
+    assert "CUDAExecutionProvider" in engine.providers
+
+
+@pytest.mark.needs_cuda
+def test_onnxruntime_tensorrt_provider(networks: dict[str, Network], cache_dir: Path) -> None:
+    """Where ONNX Runtime has its TensorRT provider (and TensorRT loads), it runs first, over the
+    config's profile: every test shape within tolerance, its engines cached beside the ONNX file."""
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime has no TensorrtExecutionProvider ({ort.get_available_providers()})")
+    engine = create_engine("onnxruntime", networks["hrnetv2"], CUDA, cache=cache_dir)
+    assert isinstance(engine, OnnxRuntimeEngine)
+    if engine.providers[0] != "TensorrtExecutionProvider":
+        pytest.skip(f"ONNX Runtime could not start its TensorRT provider here: {engine.providers}")
+    _gpu_case("hrnetv2", "onnxruntime", "fp32", networks, cache_dir)
+    assert any((cache_dir / "hrnetv2" / "ort-tensorrt").iterdir())
 
 
 needs_tensorrt = pytest.mark.skipif(
