@@ -480,6 +480,9 @@ class OnnxRuntimeEngine:
         import onnxruntime as ort
 
         providers = ort_providers(device, ort.get_available_providers(), trt_profile, trt_cache_dir)
+        first = providers[0]
+        if trt_cache_dir is not None and isinstance(first, tuple) and first[0] == "TensorrtExecutionProvider":
+            trt_cache_dir.mkdir(parents=True, exist_ok=True)  # ONNX Runtime's engine cache
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
