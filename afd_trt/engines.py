@@ -750,7 +750,6 @@ def _build_tensorrt(
         dest.write_bytes(build_tensorrt_plan(onnx_path, net.io.input_name, profile))
     return {
         "onnx_sha256": sha256_file(onnx_path),
-        "onnx_precision": precision,
         "strongly_typed": True,
         "tensorrt": trt.__version__,
         "precision": precision,
