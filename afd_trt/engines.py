@@ -228,9 +228,9 @@ def trace_torchscript(
     image sizes. :func:`optimize_torchscript` is applied after loading, since its MKLDNN-packed
     CPU weights cannot be saved."""
     dtype = _DTYPES[precision]
-    if dtype != torch.float32:
-        module = copy.deepcopy(module)
-    module = module.to(device=device, dtype=dtype).eval()
+    # A copy: ``nn.Module.to`` moves the module itself, and the caller's (a Network's, an eager
+    # engine's) must stay on its device and dtype.
+    module = copy.deepcopy(module).to(device=device, dtype=dtype).eval()
     example = torch.zeros(io.example_shape, device=device, dtype=dtype)
     with _quiet_export(), torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)  # type: ignore[no-untyped-call]

@@ -37,6 +37,7 @@ from afd_trt.engines import (
     ort_providers,
     resolve_backend,
     strongly_typed_network_flags,
+    trace_torchscript,
 )
 from afd_trt.models import build_model
 from afd_trt.weights import sha256_file
@@ -288,6 +289,17 @@ def _openvino_has_bf16() -> bool:
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tracing_leaves_the_callers_module_alone(precision: str) -> None:
+    """``trace_torchscript`` converts a copy: the module it was given keeps its device and dtype
+    (the eager engine built beside a CUDA TorchScript engine reads the same module object).
+    Checked through the dtype, which a CPU can change: a float64 module traced at fp32 or bf16."""
+    module = seeded_module("faster-rcnn-box-head").double()
+    trace_torchscript(module, NETWORKS["faster-rcnn-box-head"], CPU, precision)
+    assert {p.dtype for p in module.parameters()} == {torch.float64}
+    assert {b.dtype for b in module.buffers() if b.is_floating_point()} <= {torch.float64}
 
 
 @pytest.mark.parametrize(
