@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 
+from .device_ops import with_index
 from .engines import Engine
 
 __all__ = ["DEFAULT_BUCKETS", "GRAPHED_BACKENDS", "CudaGraphEngine", "bucket_batch", "supports_graphs"]
@@ -119,13 +120,6 @@ def _static_input(key: _Key, device: torch.device) -> torch.Tensor:
     return torch.empty((key.batch, *key.shape), dtype=key.dtype, device=device, memory_format=fmt).zero_()
 
 
-def _cuda_device(device: torch.device) -> torch.device:
-    """``device`` with its index filled in (``cuda`` -> ``cuda:<current>``); others unchanged."""
-    if device.type != "cuda" or device.index is not None:
-        return device
-    return torch.device("cuda", torch.cuda.current_device())
-
-
 def _clear_cublas_workspaces() -> None:
     """Drop PyTorch's cached cuBLAS workspaces (all streams), as torch.compile's CUDA-graph trees
     do around each capture.
@@ -219,8 +213,8 @@ class CudaGraphEngine:
             raise ValueError(f"warmup must be >= 1, got {warmup!r}")
         if device.type != "cuda":
             raise ValueError(f"CudaGraphEngine runs on CUDA devices only, got device {device}")
-        self.device = _cuda_device(device)
-        inner_device = _cuda_device(inner.device)
+        self.device = with_index(device)
+        inner_device = with_index(inner.device)
         if inner_device != self.device:
             raise ValueError(
                 f"CudaGraphEngine on {self.device}: the inner {inner.name!r} engine runs on {inner_device}"

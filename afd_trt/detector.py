@@ -25,7 +25,7 @@ import torch
 from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, supports_graphs
-from .device_ops import Pixels, to_host
+from .device_ops import Pixels, to_host, with_index
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
 from .image import ImageInput, load_image, max_pixels_limit
@@ -98,7 +98,8 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"``: the first CUDA GPU when there is one, else the CPU."""
+    """The torch device of ``device``: ``"auto"`` is the first CUDA GPU when there is one, else the
+    CPU; a CUDA device gets its index (``"cuda"`` is the current GPU), checked to exist."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -106,7 +107,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(
             f"device {str(device)!r}: CUDA is not available on this machine (use 'cpu' or 'auto')"
         )
-    return dev
+    if dev.type == "cuda" and not 0 <= (dev.index or 0) < torch.cuda.device_count():
+        raise ValueError(
+            f"device {str(device)!r}: no such GPU, this machine has {torch.cuda.device_count()} "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
+    return with_index(dev)
 
 
 def expand_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:

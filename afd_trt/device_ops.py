@@ -37,6 +37,7 @@ __all__ = [
     "to_host",
     "upload",
     "warp_crops",
+    "with_index",
 ]
 
 _OPENCV5_LANES = 16  # see csrc/warp_affine.cpp: OpenCV's vector loop width, scalar loop after it
@@ -45,6 +46,15 @@ _CHUNK = 16  # crops warped per step: bounds the temporaries (~100 B per output 
 
 Pixels = np.ndarray | torch.Tensor
 """A decoded BGR uint8 (H, W, 3) image: a host array, or a tensor on a device (decoded there)."""
+
+
+def with_index(device: torch.device) -> torch.device:
+    """``device`` with its index filled in (``cuda`` -> ``cuda:<current device>``), so that
+    runtimes told a device index (ONNX Runtime, TensorRT, CUDA graphs) use the GPU torch uses;
+    other devices unchanged."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def to_host(image: Pixels) -> np.ndarray:

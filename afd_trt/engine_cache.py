@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -88,12 +89,20 @@ def default_engine_cache_dir() -> Path:
     return base / "afd_trt" / "engines"
 
 
+def cuda_device_tag(capability: tuple[int, int], name: str) -> str:
+    """The device tag of a GPU: compute capability and model, e.g. ``(9, 0), "NVIDIA H200"`` ->
+    ``"cuda-sm_90-nvidia-h200"``. The model is part of it because TensorRT tunes a plan for the
+    exact GPU and advises against running it on another model of the same architecture (an H100
+    plan on an H200)."""
+    model = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+    return f"cuda-sm_{capability[0]}{capability[1]}-{model}"
+
+
 def device_tag(device: torch.device) -> str:
     """What an engine is specific to on ``device``: ``"cpu-x86_64-avx2"`` (architecture and the
-    vector ISA torch dispatches to) or ``"cuda-sm_90"`` (compute capability)."""
+    vector ISA torch dispatches to) or ``"cuda-sm_90-nvidia-h200"`` (:func:`cuda_device_tag`)."""
     if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return f"cuda-sm_{major}{minor}"
+        return cuda_device_tag(torch.cuda.get_device_capability(device), torch.cuda.get_device_name(device))
     if device.type == "cpu":
         isa = torch.backends.cpu.get_cpu_capability().lower()
         return f"cpu-{platform.machine().lower()}-{isa}"

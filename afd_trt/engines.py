@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig, ShapeProfile, config_hash
+from .device_ops import with_index
 from .engine_cache import EngineCache, EngineKey, EngineMismatchError, device_tag, state_dict_sha256
 from .weights import sha256_file
 
@@ -310,6 +311,17 @@ def _tensorrt() -> Any:
     return trt
 
 
+_TRT_LOGGER: list[Any] = []
+
+
+def _tensorrt_logger(trt: Any) -> Any:
+    """The process's one ``trt.Logger``: TensorRT keeps the first logger it is given and warns
+    about every builder or runtime created with another."""
+    if not _TRT_LOGGER:
+        _TRT_LOGGER.append(trt.Logger(trt.Logger.WARNING))
+    return _TRT_LOGGER[0]
+
+
 def strongly_typed_network_flags(tensorrt_version: str, strongly_typed_flag: int | None) -> int:
     """The ``create_network`` flags of a strongly typed network: TensorRT 11 builds nothing else
     (0, its default), TensorRT 10 sets ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
@@ -336,7 +348,7 @@ def build_tensorrt_plan(
         profile: min/opt/max shapes of ``input_name``.
     """
     trt = _tensorrt()
-    log = trt.Logger(trt.Logger.WARNING)
+    log = _tensorrt_logger(trt)
     builder = trt.Builder(log)
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(
@@ -479,6 +491,7 @@ class OnnxRuntimeEngine:
     ) -> None:
         import onnxruntime as ort
 
+        device = with_index(device)  # ONNX Runtime's device_id: the GPU torch means by "cuda"
         providers = ort_providers(device, ort.get_available_providers(), trt_profile, trt_cache_dir)
         first = providers[0]
         if trt_cache_dir is not None and isinstance(first, tuple) and first[0] == "TensorrtExecutionProvider":
@@ -538,6 +551,9 @@ class OpenVinoEngine:
             return tuple(torch.from_numpy(np.array(results[o], copy=True)) for o in self.compiled.outputs)
 
 
+_TRT_ALIGNMENT = 256  # bytes: TensorRT's requirement for the addresses of I/O tensors
+
+
 class TensorRTEngine:
     """A deserialized TensorRT plan with one execution context, run on the current CUDA stream.
 
@@ -555,15 +571,18 @@ class TensorRTEngine:
         trt = _tensorrt()
         if device.type != "cuda":
             raise BackendUnavailableError(f"backend 'tensorrt' runs on CUDA devices only, got {device}")
-        self.device = device
-        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.device = device = with_index(device)
+        self._runtime = trt.Runtime(_tensorrt_logger(trt))
+        # TensorRT allocates on, and runs on, the current CUDA device: make it ``device``.
         with torch.cuda.device(device):
             self._engine = self._runtime.deserialize_cuda_engine(plan)
-        if self._engine is None:
-            raise RuntimeError(
-                "TensorRT could not deserialize the plan (built by another TensorRT version or for another GPU?)"
-            )
-        self._context = self._engine.create_execution_context()
+            if self._engine is None:
+                raise RuntimeError(
+                    "TensorRT could not deserialize the plan (built by another TensorRT version or for another GPU?)"
+                )
+            self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context on {device} (out of memory?)")
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -583,6 +602,12 @@ class TensorRTEngine:
         self._lock = threading.Lock()
         self._last_run: torch.cuda.Event | None = None
 
+    def _bind(self, name: str, t: torch.Tensor) -> None:
+        if not self._context.set_tensor_address(name, t.data_ptr()):
+            raise RuntimeError(
+                f"TensorRT engine: the address of tensor {name!r} {tuple(t.shape)} was refused"
+            )
+
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shape = tuple(x.shape)
         if any(
@@ -593,19 +618,23 @@ class TensorRTEngine:
                 "widen [engine.profiles] in the model config"
             )
         x = x.to(self.device, self._dtypes[self._input]).contiguous()
+        if x.data_ptr() % _TRT_ALIGNMENT:  # a view into a batch: TensorRT wants aligned addresses
+            x = x.clone()
         stream = torch.cuda.current_stream(self.device)
-        with self._lock:
+        with self._lock, torch.cuda.device(self.device):
             if self._last_run is not None:
                 stream.wait_event(self._last_run)
-            self._context.set_input_shape(self._input, shape)
-            self._context.set_tensor_address(self._input, x.data_ptr())
+            if not self._context.set_input_shape(self._input, shape):
+                raise RuntimeError(f"TensorRT engine: input shape {shape} was refused")
+            self._bind(self._input, x)
             outs = []
             for n in self._outputs:
-                out = torch.empty(
-                    tuple(self._context.get_tensor_shape(n)), dtype=self._dtypes[n], device=self.device
+                outs.append(
+                    torch.empty(
+                        tuple(self._context.get_tensor_shape(n)), dtype=self._dtypes[n], device=self.device
+                    )
                 )
-                self._context.set_tensor_address(n, out.data_ptr())
-                outs.append(out)
+                self._bind(n, outs[-1])
             if not self._context.execute_async_v3(stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execution failed for input shape {shape}")
             self._last_run = torch.cuda.Event()  # type: ignore[no-untyped-call]

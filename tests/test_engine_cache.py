@@ -23,6 +23,7 @@ from afd_trt.engine_cache import (
     EngineKey,
     EngineMismatchError,
     check_same_target,
+    cuda_device_tag,
     default_engine_cache_dir,
     device_tag,
     state_dict_sha256,
@@ -236,7 +237,24 @@ def test_device_tag() -> None:
         device_tag(torch.device("meta"))
 
 
+@pytest.mark.parametrize(
+    ("capability", "name", "tag"),
+    [
+        ((9, 0), "NVIDIA H200", "cuda-sm_90-nvidia-h200"),
+        ((9, 0), "NVIDIA H100 80GB HBM3", "cuda-sm_90-nvidia-h100-80gb-hbm3"),
+        ((8, 6), "NVIDIA GeForce RTX 3080 (Laptop)", "cuda-sm_86-nvidia-geforce-rtx-3080-laptop"),
+        ((12, 0), "", "cuda-sm_120-unknown"),
+    ],
+)
+def test_cuda_device_tag(capability: tuple[int, int], name: str, tag: str) -> None:
+    """Architecture and GPU model: an H100's TensorRT plan is not an H200's, though both are sm_90."""
+    assert cuda_device_tag(capability, name) == tag
+
+
 @pytest.mark.needs_cuda
 def test_device_tag_cuda() -> None:
     major, minor = torch.cuda.get_device_capability(0)
-    assert device_tag(torch.device("cuda:0")) == f"cuda-sm_{major}{minor}"
+    tag = device_tag(torch.device("cuda:0"))
+    assert tag == cuda_device_tag((major, minor), torch.cuda.get_device_name(0))
+    assert tag.startswith(f"cuda-sm_{major}{minor}-")
+    assert device_tag(torch.device("cuda")) == device_tag(torch.device("cuda", torch.cuda.current_device()))
