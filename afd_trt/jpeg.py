@@ -5,8 +5,10 @@ Decoding 1280x720 JPEGs costs a CPU core about 5 ms each; at a thousand images a
 is most of a server's cores. nvJPEG decodes them on the GPU, into memory the networks read
 directly. The result is the image ``cv2.imread`` gives: BGR uint8 (H, W, 3), EXIF orientation
 applied (parsed here, as nvJPEG ignores it), grayscale replicated. On the CPU torchvision's
-libjpeg-turbo decode equals OpenCV's value for value (tested); nvJPEG's IDCT may differ from it
-by a level here and there, so on a GPU the results are within tolerance, not bit-exact.
+libjpeg-turbo decode equals OpenCV's value for value (tested). nvJPEG's IDCT may differ from it
+by a level here and there, and it upsamples subsampled chroma (4:2:0, most JPEGs) without
+libjpeg-turbo's smoothing, so colours differ more along sharp colour edges: on a GPU the
+results are close on average, not bit-exact, and so are the faces found on them.
 
 Files that are not JPEGs, CMYK/YCCK or 12-bit JPEGs (whose colours torchvision converts
 differently), truncated JPEGs and those torchvision cannot decode return ``None`` and are decoded by OpenCV as usual (``afd_trt.image.load_image``). The

@@ -208,9 +208,24 @@ def test_unknown_jpeg_decoder_is_refused(weights: Weights) -> None:
 
 
 @pytest.mark.needs_cuda
-def test_nvjpeg_decode_close_to_cpu(image: np.ndarray, tmp_path: Path) -> None:
-    """nvJPEG's IDCT may round differently from libjpeg-turbo's: close, not equal."""
-    data = _jpeg_bytes(image)
+@pytest.mark.parametrize("chroma", ["420", "444"])
+def test_nvjpeg_decode_close_to_cpu(image: np.ndarray, tmp_path: Path, chroma: str) -> None:
+    """nvJPEG's IDCT may round differently from libjpeg-turbo's, and it upsamples subsampled
+    (4:2:0, OpenCV's default) chroma without libjpeg-turbo's smoothing, which differs on sharp
+    colour edges: close on average (torchvision's own check is a mean under 2 levels), within a
+    few levels everywhere without subsampling. Orientation and channel order must be right."""
+    ok, buf = cv2.imencode(
+        ".jpg",
+        image,
+        [cv2.IMWRITE_JPEG_QUALITY, 90]
+        + (
+            [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+            if chroma == "444"
+            else []
+        ),
+    )
+    assert ok
+    data = buf.tobytes()
     path = tmp_path / "o6.jpg"
     path.write_bytes(data[:2] + _exif_app1(6, "II") + data[2:])
     got = jpeg.decode_jpeg(path, torch.device("cuda"))
@@ -219,5 +234,9 @@ def test_nvjpeg_decode_close_to_cpu(image: np.ndarray, tmp_path: Path) -> None:
     want = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert tuple(got.shape) == want.shape
     diff = np.abs(got.cpu().numpy().astype(np.int16) - want)
-    assert diff.mean() < 0.5
-    assert diff.max() <= 8
+    print(f"\nnvJPEG vs OpenCV, {chroma}: mean {diff.mean():.3f}, max {diff.max()} levels")
+    assert diff.mean() < (0.5 if chroma == "444" else 2.0)
+    if chroma == "444":
+        assert diff.max() <= 8
+    swapped = np.abs(got.cpu().numpy()[..., ::-1].astype(np.int16) - want)
+    assert swapped.mean() > 4 * diff.mean() + 1, "channel order: RGB where BGR is expected?"
