@@ -24,6 +24,13 @@ _SCRATCH_FLOATS = 1 << 24
 """Budget of one contraction's gathered windows (64 MiB of float32)."""
 
 
+def _div(t: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``t / divisor`` by true division on every device. CUDA divides by a host scalar as a
+    multiplication by its reciprocal (1 ulp off for some values); by a tensor on the device it
+    divides, as the CPU and the C++ op do."""
+    return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
+
+
 def roi_levels(rois: torch.Tensor, num_levels: int, finest_scale: float) -> torch.Tensor:
     """mmdet ``map_roi_levels`` in float32: ``floor(log2(sqrt(w * h) / finest_scale + 1e-6))``
     clamped to ``[0, num_levels - 1]``; int64 (K,), -1 where that is NaN (the RoI pools zeros).
@@ -32,7 +39,7 @@ def roi_levels(rois: torch.Tensor, num_levels: int, finest_scale: float) -> torc
         rois: float32 (K, 4) as (x1, y1, x2, y2).
     """
     scale = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 2] - rois[:, 0]))
-    lvl = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    lvl = torch.floor(torch.log2(_div(scale, finest_scale) + 1e-6))
     return lvl.clamp(0, num_levels - 1).nan_to_num(-1.0).to(torch.int64)  # clamp keeps NaN
 
 
@@ -111,12 +118,12 @@ def _level(
     roi_w, roi_h = s[:, 2] - s[:, 0], s[:, 3] - s[:, 1]
     if not aligned:
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    bin_w, bin_h = roi_w / pooled, roi_h / pooled
+    bin_w, bin_h = _div(roi_w, pooled), _div(roi_h, pooled)
     if sampling_ratio > 0:
         gh = gw = torch.full((k,), sampling_ratio, dtype=torch.int64, device=rois.device)
     else:
-        gh = torch.ceil(roi_h / pooled).nan_to_num(0.0).clamp(-1, MAX_SAMPLES_PER_ROI + 1).to(torch.int64)
-        gw = torch.ceil(roi_w / pooled).nan_to_num(0.0).clamp(-1, MAX_SAMPLES_PER_ROI + 1).to(torch.int64)
+        gh = torch.ceil(bin_h).nan_to_num(0.0).clamp(-1, MAX_SAMPLES_PER_ROI + 1).to(torch.int64)
+        gw = torch.ceil(bin_w).nan_to_num(0.0).clamp(-1, MAX_SAMPLES_PER_ROI + 1).to(torch.int64)
     samples = gh.clamp(min=0) * gw.clamp(min=0) * pooled * pooled
     if k and int(samples.max()) > MAX_SAMPLES_PER_ROI:
         i = int(samples.argmax())

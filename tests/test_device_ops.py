@@ -351,3 +351,23 @@ def test_tensor_images_prepare_like_arrays() -> None:
         )  # type: ignore[arg-type]
         want = host.tensor if normalize else host.tensor.transpose(2, 0, 1)
         np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_out_of_memory_is_found_in_the_exception_chain() -> None:
+    """A failed CUDA graph capture surfaces as the end-of-capture error raised while handling
+    the out-of-memory that broke it: that still counts (the Detector then splits the batch)."""
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert device_ops.is_out_of_memory(oom)
+    assert device_ops.is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not device_ops.is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not device_ops.is_out_of_memory(ValueError("out of memory"))  # not a runtime error
+    during = RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    during.__context__ = oom  # raised while handling it
+    assert device_ops.is_out_of_memory(during)
+    other = RuntimeError("capture invalidated")
+    other.__cause__ = ValueError("bad shape")
+    assert not device_ops.is_out_of_memory(other)
+    looped = RuntimeError("a")
+    looped.__context__ = RuntimeError("b")
+    looped.__context__.__context__ = looped
+    assert not device_ops.is_out_of_memory(looped)
