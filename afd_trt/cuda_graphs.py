@@ -15,6 +15,7 @@ different kernels for the padded batch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
@@ -24,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from .device_ops import with_index
+from .device_ops import is_out_of_memory, with_index
 from .engines import Engine
 
 __all__ = ["DEFAULT_BUCKETS", "GRAPHED_BACKENDS", "CudaGraphEngine", "bucket_batch", "supports_graphs"]
@@ -137,6 +138,22 @@ def _clear_cublas_workspaces() -> None:
         clear()
 
 
+def _abandon_capture(graph: torch.cuda.CUDAGraph, device: torch.device, pool: tuple[int, int]) -> None:
+    """Clean up after a capture that raised. When the captured code fails, ``capture_end``
+    raises before it tells the caching allocator to stop routing allocations into the graphs'
+    pool, in PyTorch versions before the allocator tracked that itself: the pool then stays
+    "being recorded", so a later capture into it fails ("already recording to mempool_id") and
+    ``torch.cuda.empty_cache()`` asserts that no capture is under way. ``reset`` does this in
+    newer versions; ending the recording by hand covers the older ones (and raises, ignored,
+    where ``reset`` did it)."""
+    with contextlib.suppress(Exception):
+        graph.reset()
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    if end is not None and device.index is not None:
+        with contextlib.suppress(Exception):
+            end(device.index, pool)
+
+
 def _error_text(e: BaseException) -> str:
     """``e`` and the exceptions it was raised while handling, innermost last: a failed capture
     surfaces as the end-of-capture error, raised while handling the op that broke it."""
@@ -228,7 +245,9 @@ class CudaGraphEngine:
         self._captures = 0
         self._lock = threading.Lock()
         self._pool = torch.cuda.graph_pool_handle()
-        self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        # High priority: not from the pool of low-priority streams torchvision's nvJPEG decoder
+        # also draws from, whose host synchronisations would invalidate a capture on a shared one.
+        self._stream = torch.cuda.Stream(self.device, priority=-1)  # type: ignore[no-untyped-call]
         # Recorded after each replay's output copies; the next call waits on it.
         self._done = torch.cuda.Event()  # type: ignore[no-untyped-call]
 
@@ -268,6 +287,8 @@ class CudaGraphEngine:
         try:
             graph = self._capture(key)
         except Exception as e:
+            if is_out_of_memory(e):
+                raise  # not the shape's fault: the caller may retry smaller (the Detector splits)
             self._eager.add(key)
             logger.warning(
                 "%s engine: CUDA graph capture at input %s failed; running that shape eagerly (%s)",
@@ -313,6 +334,10 @@ class CudaGraphEngine:
                             graph, pool=self._pool, stream=side, capture_error_mode="thread_local"
                         ):
                             static_outs = self.inner(static_in)
+                    except BaseException:
+                        _abandon_capture(graph, self.device, self._pool)
+                        self._pool = torch.cuda.graph_pool_handle()  # never begin a pool twice
+                        raise
                     finally:
                         _clear_cublas_workspaces()
             finally:

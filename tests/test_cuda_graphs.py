@@ -141,6 +141,17 @@ class _SyncsOnHost(_TwoHeads):
         return y * (1.0 + 0.0 * float(m.sum().item())), m
 
 
+class _SyncsOnHostAtBatch4(_TwoHeads):
+    """Reads a value back to the host at batch 4 only: that bucket cannot be captured, the
+    others can."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, m = super().forward(x)
+        if x.shape[0] == 4:
+            y = y * (1.0 + 0.0 * float(m.sum().item()))
+        return y, m
+
+
 def _net(cls: type[_TwoHeads] = _TwoHeads, seed: int = 0) -> _TwoHeads:
     torch.manual_seed(seed)
     net = cls()
@@ -289,6 +300,25 @@ def test_capture_failure_falls_back_to_eager(caplog: pytest.LogCaptureFixture) -
     good_graphed = CudaGraphEngine(good, CUDA)
     assert _deviation(good_graphed(x), good(x)) < TOL
     assert good_graphed.captures == 1
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.usefixtures("_no_tf32")
+def test_failed_capture_leaves_the_wrapper_and_the_allocator_usable() -> None:
+    """After one bucket's capture fails, the same wrapper still captures its other buckets (the
+    graphs' memory pool is not left "being recorded"), and the caching allocator accepts
+    ``empty_cache``, which asserts that no capture is under way."""
+    eager = TorchEngine(_net(_SyncsOnHostAtBatch4), CUDA)
+    graphed = CudaGraphEngine(eager, CUDA)
+    x3, x7, x2 = _inputs(3), _inputs(7), _inputs(2)
+    assert _deviation(graphed(x3), eager(x3)) < TOL  # bucket 4: capture fails, runs eagerly
+    assert graphed.captures == 0
+    torch.cuda.empty_cache()
+    assert _deviation(graphed(x7), eager(x7)) < TOL  # bucket 8
+    assert _deviation(graphed(x2), eager(x2)) < TOL  # bucket 2
+    assert (graphed.captures, graphed.num_graphs) == (2, 2)
+    torch.cuda.empty_cache()
+    assert _deviation(graphed(x7), eager(x7)) < TOL  # replayed after empty_cache
 
 
 @pytest.mark.needs_cuda
