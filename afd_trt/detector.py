@@ -25,7 +25,7 @@ import torch
 from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, supports_graphs
-from .device_ops import Pixels, to_host, with_index
+from .device_ops import Pixels, is_out_of_memory, to_host, with_index
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
 from .image import ImageInput, load_image, max_pixels_limit
@@ -89,12 +89,6 @@ class StreamResult:
 
 def _source(item: object) -> str | None:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-    )
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -362,6 +356,7 @@ class Detector:
         if self.face_detector is not None:
             self.face_detector.timer = self.timings
         self.oom_splits = 0
+        self._worker = threading.local()  # each decoding thread's CUDA stream (_worker_stream)
         self._compute_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.device.type == "cpu" else contextlib.nullcontext()
         )
@@ -384,7 +379,9 @@ class Detector:
         """Faces and landmarks of one image (BGR uint8 array or path); see the module docstring.
         Bad inputs raise ``TypeError`` / ``ValueError`` naming the image (docs/reliability.md)."""
         name = _input_name(image, None)
-        img = self._load(image, "image")
+        with self._image_work():
+            img = self._load(image, "image")
+        self._adopt(img, None)
         user = None if boxes is None else _user_boxes(boxes, f"boxes of {name}")
         try:
             return self._run([img], [user], stacklevel=3)[0]
@@ -519,11 +516,62 @@ class Detector:
                     return decoded if self.device_pipeline else to_host(decoded)
             return load_image(image, max_pixels=self.max_pixels, name=name)
 
+    @property
+    def _images_on_gpu(self) -> bool:
+        """Whether images are decoded (nvJPEG) and resized on a CUDA device."""
+        return self.device.type == "cuda" and self.device_pipeline and self.jpeg_decoder == "torchvision"
+
+    def _worker_stream(self) -> torch.cuda.Stream | None:
+        """The calling thread's own CUDA stream for image work, where images are decoded on the
+        GPU (nvJPEG) and resized there; None otherwise.
+
+        Not the default stream the networks run on: nvJPEG writes its output from a stream of
+        its own, into memory allocated on the caller's current stream, without waiting for that
+        stream. On the default stream that memory may have just been freed by the networks with
+        their kernels still queued; on a worker's own stream, synchronised after each image, it
+        can only be idle."""
+        if not self._images_on_gpu:
+            return None
+        stream: torch.cuda.Stream | None = getattr(self._worker, "stream", None)
+        if stream is None:
+            stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            self._worker.stream = stream
+        return stream
+
     def _decode_job(
         self, item: ImageInput, index: int, boxes: Any
     ) -> tuple[Pixels, DetInput | None, np.ndarray | None]:
         """Worker-thread part of the stream: decode, validate user boxes, and prepare the
-        detector input (when boxes are to be detected)."""
+        detector input (when boxes are to be detected); GPU work on the thread's own stream,
+        finished before the result is handed over (:meth:`_worker_stream`)."""
+        with self._image_work():
+            return self._decode_and_prepare(item, index, boxes)
+
+    @contextlib.contextmanager
+    def _image_work(self) -> Iterator[None]:
+        """Run the block's GPU work on this thread's image stream (:meth:`_worker_stream`), and
+        wait for it to finish; nothing where there is no such stream."""
+        stream = self._worker_stream()
+        if stream is None:
+            yield
+            return
+        with torch.cuda.stream(stream):
+            yield
+        stream.synchronize()
+
+    def _adopt(self, img: Pixels, prep: DetInput | None) -> None:
+        """Tensors a worker made on its stream, now used on this thread's: their memory returns to
+        the worker's stream when freed, so the allocator must first wait for this stream's work."""
+        if not self._images_on_gpu:
+            return
+        here = torch.cuda.current_stream(self.device)
+        for t in (img, None if prep is None else prep.tensor):
+            if isinstance(t, torch.Tensor) and t.is_cuda:
+                t.record_stream(here)
+
+    def _decode_and_prepare(
+        self, item: ImageInput, index: int, boxes: Any
+    ) -> tuple[Pixels, DetInput | None, np.ndarray | None]:
         img = self._load(item, f"image {index}")
         if boxes is not None:
             return img, None, _user_boxes(boxes, f"boxes of image {index}")
@@ -540,6 +588,7 @@ class Detector:
         for index, source, job in batch:
             try:
                 img, prep, b = job.result()
+                self._adopt(img, prep)
                 loaded.append((index, source, b, img, prep))
             except Exception as e:  # any failure is this input's, reported as its result
                 err = _named(e, _input_name(source, index))
@@ -611,7 +660,7 @@ class Detector:
             with self._compute_lock:
                 return self._run_batch(images, boxes, stacklevel + 1, preps)
         except Exception as e:
-            if not _is_oom(e) or len(images) < 2:
+            if not is_out_of_memory(e) or len(images) < 2:
                 raise
         # CUDA ran out of memory: free what the failed attempt held, then halve the batch.
         torch.cuda.empty_cache()
