@@ -555,7 +555,8 @@ _TRT_ALIGNMENT = 256  # bytes: TensorRT's requirement for the addresses of I/O t
 
 
 class TensorRTEngine:
-    """A deserialized TensorRT plan with one execution context, run on the current CUDA stream.
+    """A deserialized TensorRT plan with one execution context, run on the current CUDA stream
+    (on a stream of its own, ordered with it, when that is the legacy default stream).
 
     Inputs larger than the profile's maximum batch are run in chunks of that batch. Thread-safe:
     the context's shapes and addresses are set and enqueued under a lock, and each run waits
@@ -601,6 +602,7 @@ class TensorRTEngine:
         self.min_shape, self.max_shape = tuple(lo), tuple(hi)
         self._lock = threading.Lock()
         self._last_run: torch.cuda.Event | None = None
+        self._side: torch.cuda.Stream | None = None
 
     def _bind(self, name: str, t: torch.Tensor) -> None:
         if not self._context.set_tensor_address(name, t.data_ptr()):
@@ -620,8 +622,16 @@ class TensorRTEngine:
         x = x.to(self.device, self._dtypes[self._input]).contiguous()
         if x.data_ptr() % _TRT_ALIGNMENT:  # a view into a batch: TensorRT wants aligned addresses
             x = x.clone()
-        stream = torch.cuda.current_stream(self.device)
+        caller = torch.cuda.current_stream(self.device)
         with self._lock, torch.cuda.device(self.device):
+            stream = caller
+            if caller.cuda_stream == 0:
+                # The legacy default stream, on which TensorRT synchronises the host around each
+                # run (and warns): run on the engine's own stream, ordered after and before it.
+                if self._side is None:
+                    self._side = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+                stream = self._side
+                stream.wait_stream(caller)
             if self._last_run is not None:
                 stream.wait_event(self._last_run)
             if not self._context.set_input_shape(self._input, shape):
@@ -639,6 +649,8 @@ class TensorRTEngine:
                 raise RuntimeError(f"TensorRT execution failed for input shape {shape}")
             self._last_run = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self._last_run.record(stream)
+            if stream is not caller:
+                caller.wait_stream(stream)  # the outputs (allocated on the caller's stream) are ready
         return _as_float32(tuple(outs))
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
