@@ -41,6 +41,11 @@ class StageTimes:
         self._seconds: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
+    @property
+    def synchronizes(self) -> bool:
+        """Whether timing a stage synchronises a device (so it changes the overlap it measures)."""
+        return self._sync is not None
+
     @contextmanager
     def stage(self, name: str, *, sync: bool = True) -> Iterator[None]:
         """Time the ``with`` body as ``name`` (nothing at all when disabled). ``sync=False``

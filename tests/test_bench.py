@@ -15,6 +15,7 @@ from paths import TADNE_GRID
 from afd_trt import bench
 from afd_trt.cli import main
 from afd_trt.models import build_model
+from afd_trt.timing import StageTimes
 
 Weights = dict[str, dict[str, Path]]
 
@@ -100,6 +101,7 @@ def test_bench_against_upstream(
         "decode", "preprocess", "detector", "detector_post", "warp", "landmarks", "heatmap_decode",
     }  # fmt: skip
     assert thr["faces_per_s"] == pytest.approx(r["faces"] / thr["seconds"])
+    assert thr["stages_pass"] == "same"  # timing a stage on the CPU synchronises nothing
     # Landmark GFLOP: faces x 2 (flip) x one crop's.
     one = bench.network_gflop("hrnetv2", (1, 3, 256, 256))
     assert thr["stages"]["landmarks"]["gflop"] == pytest.approx(r["faces"] * 2 * one)
@@ -112,6 +114,26 @@ def test_bench_against_upstream(
     assert r["device_pipeline"] is bool(pipeline)
     assert r["jpeg_decoder"] == ("torchvision" if pipeline else "opencv")
     assert r["cuda_graphs"] is False
+
+
+def test_stage_times_synchronise_only_when_enabled_and_asked() -> None:
+    """A device's stage times synchronise it around each timed stage (so the bench takes them
+    in a pass of their own on a GPU); disabled, or for host-only stages, nothing is called."""
+    calls: list[str] = []
+    times = StageTimes(lambda: calls.append("sync"))
+    assert times.synchronizes
+    assert not StageTimes().synchronizes
+    with times.stage("detector"):
+        calls.append("work")
+    assert calls == ["work"]
+    assert times.seconds() == {}
+    times.enabled = True
+    with times.stage("detector"):
+        calls.append("work")
+    with times.stage("decode", sync=False):
+        calls.append("decode")
+    assert calls == ["work", "sync", "work", "sync", "decode"]
+    assert set(times.seconds()) == {"detector", "decode"}
 
 
 def _face(box: list[float], kx: float) -> dict[str, np.ndarray]:
