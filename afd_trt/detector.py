@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -349,7 +350,9 @@ class Detector:
                 self.face_detector.roi_align_on_device = self.device.type == "cuda"
             self.face_detector.pipeline_device = on_device
 
-        sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else None
+        # A partial, not a lambda over self: that would make a reference cycle, and a dropped CUDA
+        # Detector would hold its GPU memory until the cycle collector ran.
+        sync = functools.partial(torch.cuda.synchronize, self.device) if self.device.type == "cuda" else None
         self.timings = StageTimes(sync)
         """Per-stage wall time; set ``timings.enabled = True`` to profile (see ``afd_trt.timing``)."""
         self.landmarks.timer = self.timings

@@ -4,6 +4,8 @@ custom configs (checked against upstream with the same hyperparameters), weight 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -276,3 +278,22 @@ def test_custom_config_file(weights: Weights, tmp_path: Path, image: np.ndarray)
         load_config(broken)
     with pytest.raises(FileNotFoundError, match="neither one of"):
         load_config(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+def test_dropped_detector_is_freed_at_once(weights: Weights, image: np.ndarray, device: str) -> None:
+    """No reference cycle keeps a used Detector alive: dropping the last reference frees it (and
+    on a GPU its memory) without waiting for the cycle collector."""
+    d = afd_trt.Detector(
+        "yolov3", weights["yolov3"]["pth"], weights["hrnetv2"]["pth"], device=device, flip_test=False
+    )
+    d.timings.enabled = True
+    d(image)
+    list(d.stream([image, image], batch_size=2))
+    ref = weakref.ref(d)
+    gc.disable()
+    try:
+        del d
+        assert ref() is None
+    finally:
+        gc.enable()
