@@ -58,15 +58,21 @@ def with_index(device: torch.device) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+# The allocator's message, and cuBLAS's / cuDNN's when the caching allocator holds the memory
+# they try to allocate for themselves (CUBLAS_STATUS_ALLOC_FAILED, CUDNN_STATUS_ALLOC_FAILED).
+_OOM_MESSAGES = ("out of memory", "status_alloc_failed")
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     """Whether ``e``, or an exception it was raised from or while handling, is a device running
-    out of memory (``torch.OutOfMemoryError``, or a runtime's "out of memory" error)."""
+    out of memory (``torch.OutOfMemoryError``, a runtime's "out of memory", a CUDA library's
+    allocation failure)."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, torch.cuda.OutOfMemoryError) or (
-            isinstance(cur, RuntimeError) and "out of memory" in str(cur).lower()
+            isinstance(cur, RuntimeError) and any(m in str(cur).lower() for m in _OOM_MESSAGES)
         ):
             return True
         cur = cur.__cause__ or cur.__context__

@@ -359,6 +359,10 @@ def test_out_of_memory_is_found_in_the_exception_chain() -> None:
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     assert device_ops.is_out_of_memory(oom)
     assert device_ops.is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert device_ops.is_out_of_memory(
+        RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    )
+    assert device_ops.is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert not device_ops.is_out_of_memory(RuntimeError("shape mismatch"))
     assert not device_ops.is_out_of_memory(ValueError("out of memory"))  # not a runtime error
     during = RuntimeError("CUDA error: operation failed due to a previous error during capture")
