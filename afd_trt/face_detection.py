@@ -294,9 +294,11 @@ class FasterRCNNFaceDetector:
             deltas = r.permute(1, 2, 0).reshape(-1, 4)
             lvl_anchors = anchors[level]
             if 0 < cfg.rpn_nms_pre < scores.shape[0]:
-                ranked, order = scores.sort(descending=True)
-                top = order[: cfg.rpn_nms_pre]
-                scores = ranked[: cfg.rpn_nms_pre]
+                # Sorted on the host: CUDA orders equal scores (common where the sigmoid
+                # saturates) unlike the CPU's sort, upstream's, and the NMS keeps that order.
+                ranked, order = scores.cpu().sort(descending=True)
+                top = order[: cfg.rpn_nms_pre].to(dev)
+                scores = ranked[: cfg.rpn_nms_pre].to(dev)
                 deltas, lvl_anchors = deltas[top, :], lvl_anchors[top, :]
             scores_l.append(scores)
             deltas_l.append(deltas)
