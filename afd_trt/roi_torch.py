@@ -102,8 +102,12 @@ def _dense(
     out = torch.zeros(k, pooled, extent, device=low.device, dtype=torch.float32)
     o = origin.view(-1, 1, 1)
     # unused points carry zero weight; their indices are only kept inside the window
-    out.scatter_add_(2, (low - o).clamp(0, extent - 1), w_low)
-    out.scatter_add_(2, (high - o).clamp(0, extent - 1), w_high)
+    for idx, w in (((low - o).clamp(0, extent - 1), w_low), ((high - o).clamp(0, extent - 1), w_high)):
+        # One sample point per call: within a call no two weights meet in one element, so the
+        # sums are made in the same order on every device (CUDA adds colliding ones atomically,
+        # in a different order each run).
+        for g in range(idx.shape[2]):
+            out.scatter_add_(2, idx[:, :, g : g + 1], w[:, :, g : g + 1])
     return out
 
 
