@@ -18,6 +18,14 @@ size=${SIZE:-1280x720}
 py=${PYTHON:-python3}
 lp=${LOW_PRECISION:-fp16}
 export PYTHONUNBUFFERED=1
+# One deadline for the whole run, inside the device tool's 600 s per call: each step gets what is
+# left (capped at its own limit) and is skipped when under a minute remains, so a slow step costs
+# the runs after it, not the call's results.
+deadline=$((SECONDS + ${BUDGET_SECONDS:-540}))
+limit() {  # limit CAP: seconds for the next step, at most CAP; 0 when under 60 s remain
+  local left=$((deadline - SECONDS))
+  if [ "$left" -lt 60 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
 log="$out/gpu_check.log"
 exec > >(tee -a "$log") 2>&1
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) device=$device"
@@ -38,7 +46,7 @@ PYTHON="$py" timeout 300 bash scripts/dev_build.sh || exit 1
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "== needs_cuda tests"
-  timeout "${TEST_SECONDS:-300}" "$py" -m pytest -q -p no:cacheprovider -m needs_cuda -rA \
+  timeout "$(limit "${TEST_SECONDS:-240}")" "$py" -m pytest -q -p no:cacheprovider -m needs_cuda -rA \
     tests/ >"$out/needs_cuda.log" 2>&1
   echo "pytest exit $?"
   tail -n 40 "$out/needs_cuda.log"
@@ -49,13 +57,20 @@ weights=/tmp/afd_weights
 [ -f "$weights/mmpose_anime-face_hrnetv2.pth" ] || "$py" -m afd_trt.cli --log-level WARNING make-test-weights "$weights" --seed 0 >/dev/null
 jsonl="$out/bench.jsonl"
 : >"$jsonl"
-bench() {  # bench NAME ARGS...: one run, its JSON appended to bench.jsonl with its name
-  local name=$1
+bench() {  # bench NAME ARGS...: one run (against upstream unless COMPARE=0), its JSON appended to bench.jsonl
+  local name=$1 t
   shift
-  echo "-- $name: $*"
-  if timeout "${BENCH_SECONDS:-150}" "$py" -m afd_trt.cli --log-level WARNING bench --weights "$weights" \
+  t=$(limit "${BENCH_SECONDS:-150}")
+  if [ "$t" = 0 ]; then
+    echo "-- $name: skipped, under a minute of the run's budget left"
+    return
+  fi
+  echo "-- $name (${t}s at most): $*"
+  local compare=--compare-upstream
+  [ "${COMPARE:-1}" = 0 ] && compare=
+  if timeout "$t" "$py" -m afd_trt.cli --log-level WARNING bench --weights "$weights" \
     --grid "$AFD_TRT_SHARED_DATA/tadne_grid_3072.jpg" --num-images "$n" --size "$size" --device "$device" \
-    --quiet --compare-upstream --json /tmp/afd_bench.json "$@"; then
+    --quiet $compare --json /tmp/afd_bench.json "$@"; then
     "$py" -c "import json,sys; r=json.load(open('/tmp/afd_bench.json')); r['run']=sys.argv[1]; print(json.dumps(r))" \
       "$name" >>"$jsonl"
   else
@@ -70,6 +85,7 @@ for b in ${BATCHES:-16}; do
   bench "faster-rcnn-$lp-b$b" --batch-size "$b" --precision "$lp" --face-detector faster-rcnn
 done
 big=${BIG_BATCH-32}
-[ -n "$big" ] && bench "yolov3-$lp-b$big-graphs-nvjpeg" --batch-size "$big" \
+# throughput only: no upstream comparison (its ratio is in the runs above), no latency pass
+[ -n "$big" ] && COMPARE=0 bench "yolov3-$lp-b$big-graphs-nvjpeg" --batch-size "$big" \
   --precision "$lp" --cuda-graphs --jpeg-decoder torchvision --skip-latency
 echo "== done $(date -u +%FT%TZ); $(wc -l <"$jsonl") bench runs in $jsonl"

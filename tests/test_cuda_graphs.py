@@ -379,6 +379,7 @@ def test_detector_refuses_cuda_graphs_off_cuda(
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.usefixtures("_no_tf32")
 @pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
 def test_detector_with_cuda_graphs_agrees(
     seeded_weights: Callable[[int], dict[str, dict[str, Path]]], face_detector: str
