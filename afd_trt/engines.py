@@ -467,6 +467,12 @@ def ort_providers(
     return providers
 
 
+def _cuda_device_id(session: Any) -> str | None:
+    """The ``device_id`` an ONNX Runtime session's CUDA provider runs on (None without it)."""
+    options: dict[str, dict[str, str]] = session.get_provider_options()
+    return options.get("CUDAExecutionProvider", {}).get("device_id")
+
+
 class OnnxRuntimeEngine:
     """An ONNX model in an ONNX Runtime session: the CPU provider, or on a GPU device the CUDA
     provider, behind the TensorRT provider where installed (:func:`ort_providers`).
@@ -501,6 +507,16 @@ class OnnxRuntimeEngine:
         opts.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, opts, providers=providers)
+        if device.type == "cuda" and _cuda_device_id(self.session) not in (None, str(device.index)):
+            # A provider failed to start and ONNX Runtime retried by itself with CUDA and CPU but
+            # without any provider's options, so on GPU 0: start again, on ours, without TensorRT.
+            logger.warning(
+                "onnxruntime on %s: its TensorRT provider did not start; running on the CUDA provider", device
+            )
+            providers = [
+                p for p in providers if not (isinstance(p, tuple) and p[0] == "TensorrtExecutionProvider")
+            ]
+            self.session = ort.InferenceSession(source, opts, providers=providers)
         self.providers: list[str] = list(self.session.get_providers())
         if device.type == "cuda":
             logger.info("onnxruntime on %s: providers %s", device, self.providers)

@@ -32,6 +32,7 @@ from afd_trt.engines import (
     Engine,
     Network,
     OnnxRuntimeEngine,
+    _cuda_device_id,
     cached_onnx,
     create_engine,
     load_engine_file,
@@ -520,6 +521,7 @@ def test_onnxruntime_engine_on_cpu_runs_the_cpu_provider(engines: dict[tuple[str
     engine = engines["hrnetv2", "onnxruntime"]
     assert isinstance(engine, OnnxRuntimeEngine)
     assert engine.providers == ["CPUExecutionProvider"]
+    assert _cuda_device_id(engine.session) is None  # read from ONNX Runtime: no CUDA provider
 
 
 # GPU: TorchScript fp32/fp16, ONNX Runtime's CUDA provider, TensorRT fp32/fp16
