@@ -28,7 +28,14 @@ import torch
 from .device_ops import is_out_of_memory, with_index
 from .engines import Engine
 
-__all__ = ["DEFAULT_BUCKETS", "GRAPHED_BACKENDS", "CudaGraphEngine", "bucket_batch", "supports_graphs"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "GRAPHED_BACKENDS",
+    "CudaGraphEngine",
+    "bucket_batch",
+    "empty_cache",
+    "supports_graphs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +126,16 @@ def _static_input(key: _Key, device: torch.device) -> torch.Tensor:
     """A zeroed input buffer for ``key`` on ``device``."""
     fmt = torch.channels_last if key.channels_last else torch.contiguous_format
     return torch.empty((key.batch, *key.shape), dtype=key.dtype, device=device, memory_format=fmt).zero_()
+
+
+def empty_cache(device: torch.device) -> None:
+    """``torch.cuda.empty_cache()``, but never while this module captures a CUDA graph in another
+    thread: the caching allocator asserts that no capture is under way when it frees its blocks.
+    Nothing for other devices."""
+    if device.type != "cuda":
+        return
+    with _CAPTURE_LOCK, torch.cuda.device(device):
+        torch.cuda.empty_cache()
 
 
 def _clear_cublas_workspaces() -> None:

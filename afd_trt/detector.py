@@ -25,7 +25,7 @@ import torch
 
 from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
-from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, supports_graphs
+from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, empty_cache, supports_graphs
 from .device_ops import Pixels, is_out_of_memory, to_host, with_index
 from .engines import Engine, Network, create_engine
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
@@ -90,6 +90,17 @@ class StreamResult:
 
 def _source(item: object) -> str | None:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+_STREAM_LOCKS: dict[int, threading.Lock] = {}
+_STREAM_LOCKS_GUARD = threading.Lock()
+
+
+def _stream_lock(stream: torch.cuda.Stream) -> threading.Lock:
+    """The lock of a CUDA stream (by handle): image work holds it, so that threads given the same
+    pooled stream take turns on it."""
+    with _STREAM_LOCKS_GUARD:
+        return _STREAM_LOCKS.setdefault(int(stream.cuda_stream), threading.Lock())
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -359,6 +370,7 @@ class Detector:
         if self.face_detector is not None:
             self.face_detector.timer = self.timings
         self.oom_splits = 0
+        self._count_lock = threading.Lock()
         self._worker = threading.local()  # each decoding thread's CUDA stream (_worker_stream)
         self._compute_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if self.device.type == "cpu" else contextlib.nullcontext()
@@ -525,14 +537,15 @@ class Detector:
         return self.device.type == "cuda" and self.device_pipeline and self.jpeg_decoder == "torchvision"
 
     def _worker_stream(self) -> torch.cuda.Stream | None:
-        """The calling thread's own CUDA stream for image work, where images are decoded on the
-        GPU (nvJPEG) and resized there; None otherwise.
+        """The calling thread's CUDA stream for image work, where images are decoded on the GPU
+        (nvJPEG) and resized there; None otherwise.
 
         Not the default stream the networks run on: nvJPEG writes its output from a stream of
         its own, into memory allocated on the caller's current stream, without waiting for that
         stream. On the default stream that memory may have just been freed by the networks with
-        their kernels still queued; on a worker's own stream, synchronised after each image, it
-        can only be idle."""
+        their kernels still queued; on an image stream, held by one thread at a time and
+        synchronised after each image (:meth:`_image_work`), it can only be idle. (PyTorch hands
+        out streams from a pool of 32, so two threads may be given the same one.)"""
         if not self._images_on_gpu:
             return None
         stream: torch.cuda.Stream | None = getattr(self._worker, "stream", None)
@@ -558,9 +571,12 @@ class Detector:
         if stream is None:
             yield
             return
-        with torch.cuda.stream(stream):
-            yield
-        stream.synchronize()
+        with _stream_lock(stream):
+            try:
+                with torch.cuda.stream(stream):
+                    yield
+            finally:
+                stream.synchronize()  # idle before the next holder allocates on it
 
     def _adopt(self, img: Pixels, prep: DetInput | None) -> None:
         """Tensors a worker made on its stream, now used on this thread's: their memory returns to
@@ -666,8 +682,9 @@ class Detector:
             if not is_out_of_memory(e) or len(images) < 2:
                 raise
         # CUDA ran out of memory: free what the failed attempt held, then halve the batch.
-        torch.cuda.empty_cache()
-        self.oom_splits += 1
+        empty_cache(self.device)
+        with self._count_lock:
+            self.oom_splits += 1
         half = len(images) // 2
         logger.warning(
             "CUDA out of memory on a batch of %d images: retrying as %d + %d",

@@ -291,3 +291,15 @@ def test_real_cuda_out_of_memory_splits(seeded_weights: Callable[[int], Weights]
         assert len(a) == len(b)
         for fa, fb in zip(a, b, strict=True):
             np.testing.assert_allclose(fa["bbox"], fb["bbox"], atol=1e-2)
+
+
+def test_image_streams_are_locked_by_handle() -> None:
+    """PyTorch pools CUDA streams, so two threads' image streams may be one: image work locks the
+    stream by its handle, whichever Stream object names it."""
+    from types import SimpleNamespace
+
+    from afd_trt.detector import _stream_lock
+
+    a, same, other = (SimpleNamespace(cuda_stream=h) for h in (0x7F01, 0x7F01, 0x7F02))
+    assert _stream_lock(a) is _stream_lock(same)  # type: ignore[arg-type]
+    assert _stream_lock(a) is not _stream_lock(other)  # type: ignore[arg-type]
