@@ -386,7 +386,12 @@ def _table(result: dict[str, Any]) -> str:
         )
     rows.append(
         f"  peak RSS {result['peak_rss_mb']:.0f} MB"
-        + (f", peak GPU memory {result['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in result else "")
+        + (
+            f", peak GPU memory {result['peak_gpu_mb']:.0f} MB (torch's allocator; the device's whole use "
+            f"after the stream {result['gpu_used_mb']:.0f} MB)"
+            if "peak_gpu_mb" in result
+            else ""
+        )
     )
     if result.get("command"):
         rows.append(f"  command: {result['command']}")
@@ -530,7 +535,12 @@ def run_bench(args: argparse.Namespace) -> int:
     # Kept for scripts reading earlier reports: the headline rate (the stream's).
     result["afd_trt"] = {"images_per_s": result["throughput"]["images_per_s"]}
     if device.type == "cuda":
+        # torch's allocator only: TensorRT's and ONNX Runtime's own memory is not in it, and with
+        # --compare-upstream upstream's models are. The device's whole use (every runtime, every
+        # process) after the stream is beside it.
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        free, total = torch.cuda.mem_get_info(device)
+        result["gpu_used_mb"] = (total - free) / 2**20
     if ref is not None:
         up_ips = len(t_ref) / sum(t_ref)
         result["upstream"] = {"images_per_s": up_ips, **percentiles_ms(t_ref)}
