@@ -35,6 +35,18 @@ def _restore_rng_state() -> Iterator[None]:
 _WEIGHTS: dict[int, dict[str, dict[str, Path]]] = {}
 
 
+@pytest.fixture
+def no_tf32() -> Iterator[None]:
+    """fp32 CUDA convolutions and matmuls in full precision for the test. TF32 (cuDNN's default on
+    Ampere and newer) has fp16's 10 mantissa bits: deviations of ~1e-3 between kernels."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.fixture(scope="session")
 def seeded_weights(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], dict[str, dict[str, Path]]]:
     """seed -> {model: {"pth"|"safetensors": path}} of afd_trt's seeded test checkpoints, written once per seed."""

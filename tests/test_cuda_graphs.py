@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,19 +180,8 @@ def _deviation(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) ->
     return worst
 
 
-@pytest.fixture
-def _no_tf32() -> Iterator[None]:
-    """fp32 convolutions and matmuls in full precision: with TF32, a different kernel for the
-    padded batch would differ by ~1e-3."""
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("n", [1, 3, 8, 17])
 def test_graphed_matches_eager(n: int) -> None:
     eager = TorchEngine(_net(), CUDA)
@@ -208,7 +197,7 @@ def test_graphed_matches_eager(n: int) -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_graphs_are_reused_per_bucket() -> None:
     eager = TorchEngine(_net(), CUDA)
     graphed = CudaGraphEngine(eager, CUDA)
@@ -227,7 +216,7 @@ def test_graphs_are_reused_per_bucket() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_host_input_is_uploaded() -> None:
     eager = TorchEngine(_net(), CUDA)
     graphed = CudaGraphEngine(eager, CUDA)
@@ -239,7 +228,7 @@ def test_host_input_is_uploaded() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_channels_last_input() -> None:
     eager = TorchEngine(_net(), CUDA)
     graphed = CudaGraphEngine(eager, CUDA)
@@ -252,7 +241,7 @@ def test_channels_last_input() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_lru_eviction() -> None:
     eager = TorchEngine(_net(), CUDA)
     graphed = CudaGraphEngine(eager, CUDA, max_graphs=2)
@@ -268,7 +257,7 @@ def test_lru_eviction() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_batch_beyond_the_largest_bucket_runs_eagerly() -> None:
     eager = TorchEngine(_net(), CUDA)
     graphed = CudaGraphEngine(eager, CUDA, buckets=(1, 2))
@@ -278,7 +267,7 @@ def test_batch_beyond_the_largest_bucket_runs_eagerly() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_capture_failure_falls_back_to_eager(caplog: pytest.LogCaptureFixture) -> None:
     eager = TorchEngine(_net(_SyncsOnHost), CUDA)
     graphed = CudaGraphEngine(eager, CUDA)
@@ -303,7 +292,7 @@ def test_capture_failure_falls_back_to_eager(caplog: pytest.LogCaptureFixture) -
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_failed_capture_leaves_the_wrapper_and_the_allocator_usable() -> None:
     """After one bucket's capture fails, the same wrapper still captures its other buckets (the
     graphs' memory pool is not left "being recorded"), and the caching allocator accepts
@@ -322,7 +311,7 @@ def test_failed_capture_leaves_the_wrapper_and_the_allocator_usable() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_torchscript_engine() -> None:
     io = NetworkIO("x", ("map", "mean"), (0,), (0,), (2, *SHAPE))
     module = optimize_torchscript(trace_torchscript(_net(), io, CUDA), io, CUDA)
@@ -335,7 +324,7 @@ def test_torchscript_engine() -> None:
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 def test_concurrent_callers_on_their_own_streams() -> None:
     eager = TorchEngine(_net(), CUDA)
     graphed = CudaGraphEngine(eager, CUDA)
@@ -379,7 +368,7 @@ def test_detector_refuses_cuda_graphs_off_cuda(
 
 
 @pytest.mark.needs_cuda
-@pytest.mark.usefixtures("_no_tf32")
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
 def test_detector_with_cuda_graphs_agrees(
     seeded_weights: Callable[[int], dict[str, dict[str, Path]]], face_detector: str

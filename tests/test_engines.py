@@ -9,7 +9,6 @@ outputs as the engine that built them.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import shutil
@@ -535,16 +534,6 @@ GPU_TOL = {"fp32": 1e-2, "fp16": 2e-2, "bf16": 5e-2}
 GPU_TOL_NO_TF32 = 1e-4  # TorchScript fp32 with TF32 off: fp32 arithmetic, other kernels' order
 
 
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 def _gpu_case(
     network: str,
     backend: str,
@@ -584,13 +573,13 @@ def test_torchscript_cuda(
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.usefixtures("no_tf32")
 @pytest.mark.parametrize("network", ["yolov3", "faster-rcnn-box-head", "hrnetv2"])
 def test_torchscript_cuda_fp32_without_tf32(
     network: str, networks: dict[str, Network], cache_dir: Path
 ) -> None:
     """With TF32 off the CUDA engine computes in float32: within 1e-4 of the CPU's eager fp32."""
-    with _no_tf32():
-        _gpu_case(network, "torchscript", "fp32", networks, cache_dir, tol=GPU_TOL_NO_TF32)
+    _gpu_case(network, "torchscript", "fp32", networks, cache_dir, tol=GPU_TOL_NO_TF32)
 
 
 @pytest.mark.needs_cuda
