@@ -186,7 +186,7 @@ class YOLOv3FaceDetector:
                     # decoded where they are with the device pipeline, else on the host
                     to = self.pipeline_device or torch.device("cpu")
                     maps = [m.detach().to(to, torch.float32) for m in self.engine(x)]
-                with self.timer.stage("detector_post"):
+                with self.timer.stage("nms"):
                     for j, i in enumerate(idx):
                         results[i] = self._decode([m[j : j + 1] for m in maps], inputs[i].scale_factor)
         return results
@@ -372,7 +372,7 @@ class FasterRCNNFaceDetector:
                         for t in outs[:n_feat]
                     ]
                 cls, reg = host[:n_lvl], host[n_lvl:]
-                with self.timer.stage("detector_post"):
+                with self.timer.stage("nms"):
                     for j, i in enumerate(idx):
                         proposals[i] = self._proposals(
                             [c[j] for c in cls], [r[j] for r in reg], inputs[i].img_shape
@@ -399,7 +399,7 @@ class FasterRCNNFaceDetector:
                 feats_all = torch.cat([roi_feats[i] for i in with_rois])
                 with self.timer.stage("detector"):
                     cls_all, reg_all = (t.detach().to("cpu", torch.float32) for t in self.box_head(feats_all))
-                with self.timer.stage("detector_post"):
+                with self.timer.stage("nms"):
                     start = 0
                     for i in with_rois:
                         n = counts[i]

@@ -18,7 +18,7 @@ STAGES = (
     "decode",  # reading and decoding image files (worker threads in Detector.stream)
     "preprocess",  # detector input: resize, pad, normalise
     "detector",  # face detector network(s)
-    "detector_post",  # box decoding, thresholds, NMS, RoIAlign
+    "nms",  # box decoding, score thresholds, NMS; for Faster R-CNN also RoIAlign
     "warp",  # landmark crops (affine warp + normalisation)
     "landmarks",  # HRNetV2 network (both flips)
     "heatmap_decode",  # flip merge, argmax, sub-pixel refinement

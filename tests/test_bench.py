@@ -98,7 +98,7 @@ def test_bench_against_upstream(
     thr = r["throughput"]
     assert thr["batch_size"] == 2
     assert set(thr["stages"]) == {
-        "decode", "preprocess", "detector", "detector_post", "warp", "landmarks", "heatmap_decode",
+        "decode", "preprocess", "detector", "nms", "warp", "landmarks", "heatmap_decode",
     }  # fmt: skip
     assert thr["faces_per_s"] == pytest.approx(r["faces"] / thr["seconds"])
     assert thr["stages_pass"] == "same"  # timing a stage on the CPU synchronises nothing

@@ -162,7 +162,7 @@ def test_stage_timings(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
     seconds, counts = det.timings.seconds(), det.timings.counts()
     faces = sum(len(r.faces or []) for r in results)
     assert faces > 0
-    expected = {"decode", "preprocess", "detector", "detector_post", "warp", "landmarks", "heatmap_decode"}
+    expected = {"decode", "preprocess", "detector", "nms", "warp", "landmarks", "heatmap_decode"}
     assert set(seconds) == expected
     assert all(v > 0 for v in seconds.values())
     assert counts["decode"] == len(images)
