@@ -69,8 +69,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-"""Bumped when what afd_trt writes into an engine changes: every older entry becomes stale."""
+CACHE_FORMAT = 2
+"""Bumped when what afd_trt writes into an engine changes: every older entry becomes stale.
+2: reduced-precision TorchScript is traced channels-last."""
 
 T = TypeVar("T")
 

@@ -32,6 +32,7 @@ from afd_trt.engines import (
     Network,
     OnnxRuntimeEngine,
     _cuda_device_id,
+    _engine_input,
     cached_onnx,
     create_engine,
     load_engine_file,
@@ -316,7 +317,7 @@ def test_tracing_leaves_the_callers_module_alone(precision: str) -> None:
         ),
     ],
 )
-@pytest.mark.parametrize("network", ["hrnetv2", "faster-rcnn-box-head"])
+@pytest.mark.parametrize("network", ["yolov3", "hrnetv2", "faster-rcnn-box-head"])
 def test_bf16_on_cpu_is_close_to_fp32(
     network: str, backend: str, networks: dict[str, Network], cache_dir: Path
 ) -> None:
@@ -331,6 +332,23 @@ def test_bf16_on_cpu_is_close_to_fp32(
     assert max(dev) > 1e-5, "bf16 results equal fp32's: the engine did not run in bf16"
     if backend == "torchscript":
         assert list(cache_dir.glob(f"{network}/torchscript-bf16-*"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_reduced_precision_inputs_go_channels_last(precision: str) -> None:
+    """The torch engines hand a 4-D input to the network channels-last at bf16/fp16 (the layout
+    of the fast reduced-precision kernels) and in the caller's layout at fp32 (upstream's
+    arithmetic); other ranks pass as they are. Values are only cast."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    y = _engine_input(x, CPU, dtype)
+    assert y.dtype == dtype
+    assert torch.equal(y, x.to(dtype))
+    assert y.is_contiguous(memory_format=torch.channels_last) == (precision != "fp32")
+    assert y.is_contiguous() == (precision == "fp32")
+    flat = _engine_input(x[0], CPU, dtype)
+    assert flat.is_contiguous()
+    assert flat.shape == (3, 5, 7)
 
 
 def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
