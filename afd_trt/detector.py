@@ -329,6 +329,7 @@ class Detector:
         # for bit (eager fp32 on the CPU); elsewhere one forward of both halves is cheaper.
         exact = self.device.type == "cpu" and self.engines["hrnetv2"] == "torch" and precision == "fp32"
         self.landmarks.fuse_flip = not exact
+        self.landmarks.exact_crops = exact
         self.device_pipeline = (
             self.device.type == "cuda" if device_pipeline is None else bool(device_pipeline)
         )

@@ -84,7 +84,8 @@ def default_warp_mode() -> str:
             return mode
     logger.info(
         "OpenCV %s's warpAffine (IPP %s) rounds unlike afd_trt's models %s: face crops are made "
-        "by cv2.warpAffine itself (the same values; on the GPU image path they are made on the host)",
+        "by cv2.warpAffine itself (the same values; the device image path, where not bit-exact, "
+        "warps on the device with the opencv5 model)",
         cv2.__version__,
         "on" if cv2.ipp.useIPP() else "off",
         ", ".join(WARP_MODELS),
@@ -244,6 +245,14 @@ class LandmarkEstimator:
         instead of two of N): fewer launches, but not upstream's batch composition, so the last
         bits of the heatmaps may change; :class:`~afd_trt.Detector` turns it on except for the
         bit-exact CPU path (eager fp32)."""
+        self.exact_crops = True
+        """Whether the device path's crops must be the installed OpenCV's ``warpAffine`` values
+        even where no C++ model reproduces them (:attr:`warp_mode` ``"cv2"``: they are then made
+        on the host and uploaded). :class:`~afd_trt.Detector` sets it False where results are
+        not bit-exact anyway (all but eager fp32 on the CPU): the device then warps with the
+        ``"opencv5"`` model (OpenCV's own kernel, which IPP's rounding departs from on about 1
+        value in 10,000), so images stay on the device and no host warp serialises a GPU stream.
+        """
         self.crop_device: torch.device | None = None
         """Where crops are made: None on the host (C++ warp); a device (the GPU HRNetV2 runs on)
         to send each image there once as uint8 and warp, mirror and merge the flip test there,
@@ -283,16 +292,24 @@ class LandmarkEstimator:
             crops[flat] = warp(_IDENTITY, (1, 1))[0]
         return crops, centers, sizes
 
+    @property
+    def device_warp_mode(self) -> str:
+        """The warp of the device path: :attr:`warp_mode`, but ``"opencv5"`` for ``"cv2"`` when
+        not :attr:`exact_crops`."""
+        return "opencv5" if self.warp_mode == "cv2" and not self.exact_crops else self.warp_mode
+
     def _crops_on(
         self, device: torch.device, image: device_ops.Pixels, boxes: np.ndarray
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values).
-        With the ``"cv2"`` warp, OpenCV makes the uint8 crops on the host and they are sent there
-        to be normalised (no model of that OpenCV's arithmetic runs on the device)."""
+        """:meth:`crops` made on ``device`` from the image sent there once as uint8 (same values
+        for :attr:`device_warp_mode`). With the ``"cv2"`` warp, OpenCV makes the uint8 crops on
+        the host and they are sent there to be normalised (no model of that OpenCV's arithmetic
+        runs on the device)."""
         cfg = self.cfg
         mats, flat, centers, sizes = self._geometry(boxes)
         mean, std = np.asarray(cfg.mean, dtype=np.float32), np.asarray(cfg.std, dtype=np.float32)
-        if self.warp_mode == "cv2":
+        mode = self.device_warp_mode
+        if mode == "cv2":
             host = device_ops.to_host(image)
 
             def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -303,7 +320,7 @@ class LandmarkEstimator:
             pixels = device_ops.upload(image, device)
 
             def warp(m: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-                return device_ops.warp_crops(pixels, m, size, cfg.mean, cfg.std, mode=self.warp_mode)
+                return device_ops.warp_crops(pixels, m, size, cfg.mean, cfg.std, mode=mode)
 
         crops = warp(mats, cfg.input_size)
         if flat.any():  # as in crops()

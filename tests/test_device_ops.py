@@ -226,9 +226,11 @@ def test_device_pipeline_on_cpu_equals_host_pipeline(
 
 
 def test_device_path_with_cv2_warp_sends_host_crops(weights: Weights) -> None:
-    """With no model of the installed OpenCV, the image path makes crops with cv2 on the host."""
+    """With no model of the installed OpenCV, the image path makes crops with cv2 on the host
+    where results are bit-exact (eager fp32 on the CPU)."""
     det = afd_trt.Detector(None, None, weights["hrnetv2"]["pth"], device="cpu", device_pipeline=True)
     det.landmarks.warp_mode = "cv2"
+    assert det.landmarks.exact_crops
     image = tadne_crop(300, 200, 640, 480)
     boxes = np.array([[100.5, 80.25, 260.0, 250.0], [-30.0, 300.0, 90.0, 470.0]], dtype=np.float32)
     got, centers, sizes = det.landmarks._crops_on(torch.device("cpu"), torch.from_numpy(image), boxes)
@@ -241,6 +243,31 @@ def test_device_path_with_cv2_warp_sends_host_crops(weights: Weights) -> None:
     m = det.landmarks._geometry(boxes)[0]
     crop = cv2.warpAffine(rgb, m[1], (256, 256), flags=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(want[1], ref.normalise_like_upstream(crop[None], IMAGE_MEAN, IMAGE_STD)[0])
+
+
+def test_inexact_device_path_warps_on_the_device(weights: Weights) -> None:
+    """Where results are not bit-exact anyway (here TorchScript), an OpenCV that no model
+    reproduces does not send the device path's crops through the host: the device warps with
+    the "opencv5" model, and the host path still calls cv2."""
+    det = afd_trt.Detector(
+        None, None, weights["hrnetv2"]["pth"], device="cpu", device_pipeline=True, backend="torchscript"
+    )
+    assert not det.landmarks.exact_crops
+    det.landmarks.warp_mode = "cv2"
+    assert det.landmarks.device_warp_mode == "opencv5"
+    image = tadne_crop(300, 200, 640, 480)
+    # the second box's crop has values where OpenCV 5.1's IPP warp and the "opencv5" model differ
+    boxes = np.array([[100.5, 80.25, 260.0, 250.0], [114.3, -13.08, 310.45, 266.53]], dtype=np.float32)
+    got, _, _ = det.landmarks._crops_on(torch.device("cpu"), torch.from_numpy(image), boxes)
+    mats = det.landmarks._geometry(boxes)[0]
+    want = ops.warp_crops(image, mats, (256, 256), IMAGE_MEAN, IMAGE_STD, mode="opencv5")
+    np.testing.assert_array_equal(got.numpy(), want)
+    host, _, _ = det.landmarks.crops(image, boxes)  # the host path keeps the installed cv2
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    crops = np.stack([cv2.warpAffine(rgb, m, (256, 256), flags=cv2.INTER_LINEAR) for m in mats])
+    np.testing.assert_array_equal(host, ref.normalise_like_upstream(crops, IMAGE_MEAN, IMAGE_STD))
+    if INSTALLED_MODEL != "opencv5":  # e.g. IPP's warp: the two paths' crops really differ here
+        assert not np.array_equal(host, want)
 
 
 @pytest.mark.needs_cuda
@@ -269,12 +296,15 @@ def test_device_ops_on_cuda_equal_cpu(seed: int, mode: str) -> None:
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("face_detector", ["yolov3", "faster-rcnn"])
 def test_device_pipeline_on_cuda_agrees_with_host_path(weights: Weights, face_detector: str) -> None:
-    """On a GPU the device pipeline is the default; its crops equal the host's, so it agrees
-    with the GPU host path to the networks' own run-to-run differences (core tolerances)."""
+    """On a GPU the device pipeline is the default; its crops equal the host's made with the
+    same warp, so it agrees with the GPU host path to the networks' own run-to-run differences
+    (core tolerances)."""
     dev = _detector(weights, face_detector, "cuda")
     host = _detector(weights, face_detector, "cuda", device_pipeline=False)
     assert dev.device_pipeline
     assert not host.device_pipeline
+    # with an OpenCV no model reproduces (IPP), the device warps with "opencv5", the host with cv2
+    host.landmarks.warp_mode = dev.landmarks.device_warp_mode
     for make in IMAGES:
         image = make()
         want, got = host(image), dev(image)
