@@ -387,15 +387,15 @@ def test_auto_backend_on_cpu() -> None:
 
 
 def test_auto_backend_falls_back_when_runtimes_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without OpenVINO the next choice is taken; with neither ONNX runtime, TorchScript (fp32) or
-    eager torch (bf16)."""
+    """Without OpenVINO the next choice is taken; with neither ONNX runtime, TorchScript."""
     real = importlib.util.find_spec
     missing = {"openvino"}
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m in missing else real(m, *a))
     assert resolve_backend("auto", "hrnetv2", CPU) == "onnxruntime"
-    assert resolve_backend("auto", "hrnetv2", CPU, "bf16") == "torch"
+    assert resolve_backend("auto", "hrnetv2", CPU, "bf16") == "torchscript"
     missing.add("onnxruntime")
     assert resolve_backend("auto", "yolov3", CPU) == "torchscript"
+    assert resolve_backend("auto", "faster-rcnn", CPU, "bf16") == "torch"
 
 
 def test_auto_engine_is_the_chosen_backend(networks: dict[str, Network], cache_dir: Path) -> None:
