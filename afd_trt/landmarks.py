@@ -222,10 +222,6 @@ def degenerate_maps(mats: np.ndarray) -> np.ndarray:
     return np.asarray(m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0] == 0)
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
-
-
 class LandmarkEstimator:
     """HRNetV2 landmarks for boxes in one or many images, all faces in one batch."""
 
@@ -390,12 +386,12 @@ class LandmarkEstimator:
                 flipped: np.ndarray | None = None
                 if flipped_t is not None and dev is not None:
                     # merged where the heatmaps are: half the bytes come back
-                    heat = _numpy(
+                    heat = device_ops.download(
                         device_ops.merge_flip(heat_t, flipped_t, self._flip_sources, cfg.shift_heatmap)
                     )
                 else:
-                    heat = _numpy(heat_t)
-                    flipped = _numpy(flipped_t) if flipped_t is not None else None
+                    heat = device_ops.download(heat_t)
+                    flipped = device_ops.download(flipped_t) if flipped_t is not None else None
                 kpts = ops.decode_heatmaps(
                     heat,
                     centers,

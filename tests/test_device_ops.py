@@ -314,6 +314,27 @@ def test_device_pipeline_on_cuda_agrees_with_host_path(weights: Weights, face_de
             np.testing.assert_allclose(b["keypoints"][:, :2], a["keypoints"][:, :2], atol=0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_download_gives_contiguous_float32(dtype: torch.dtype) -> None:
+    """Heatmaps come back as C-contiguous float32 arrays with the tensor's values, whatever the
+    tensor's dtype and strides (here a channels-last view, as the networks return)."""
+    t = torch.randn(3, 28, 8, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    t = t.contiguous(memory_format=torch.channels_last)
+    got = device_ops.download(t)
+    assert got.dtype == np.float32
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, t.float().numpy())
+
+
+@pytest.mark.needs_cuda
+def test_download_from_cuda_lands_in_pinned_memory() -> None:
+    t = torch.randn(16, 28, 64, 64, generator=torch.Generator().manual_seed(1))
+    on_gpu = t.cuda() * 2  # queued work the copy must wait for
+    got = device_ops.download(on_gpu)
+    np.testing.assert_array_equal(got, (t * 2).numpy())
+    assert torch.from_numpy(got).is_pinned()
+
+
 def test_warp_crops_many_faces_in_chunks() -> None:
     """More crops than one chunk (16): every crop still lands in its own place."""
     image, _, _ = _case(5)
