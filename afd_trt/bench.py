@@ -19,6 +19,7 @@ It prints a table and the exact command; ``--json FILE`` writes everything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import logging
@@ -393,6 +394,9 @@ def _table(result: dict[str, Any]) -> str:
             else ""
         )
     )
+    for key, who in (("failed", "failed, left out"), ("upstream_failed", "upstream failed on, left out")):
+        if result.get(key):
+            rows.append(f"  {who}: {len(result[key])} image(s); {result[key][0]}")
     if result.get("command"):
         rows.append(f"  command: {result['command']}")
     return "\n".join(rows)
@@ -453,10 +457,28 @@ def run_bench(args: argparse.Namespace) -> int:
             ref = anime_face_detector.LandmarkDetector(
                 lm_ckpt, args.face_detector, det_ckpt, device=str(device), flip_test=flip
             )
-        for path in paths[: args.warmup]:
-            ours(path)
-            if ref is not None:
-                ref(path)
+        # One unreadable or failing image is reported (``failed``) and left out, never the end of
+        # the run: each path's first failure is kept, by path.
+        failures: dict[str, str] = {}
+
+        def attempt(path: Path) -> list[Any] | None:
+            try:
+                return ours(path)
+            except Exception as e:
+                failures.setdefault(str(path), str(e))
+                logger.warning("bench: %s", e)
+                return None
+
+        upstream_failed: dict[str, str] = {}
+        warmed = 0
+        for path in paths:
+            if warmed >= args.warmup:
+                break
+            if attempt(path) is not None:
+                warmed += 1
+                if ref is not None:
+                    with contextlib.suppress(Exception):  # the latency pass reports it
+                        ref(str(path))
 
         # 1. latency, batch 1, interleaved with upstream
         t_ours: list[float] = []
@@ -467,16 +489,26 @@ def run_bench(args: argparse.Namespace) -> int:
         if not args.skip_latency or ref is not None:
             for path in _progress(paths, len(paths), "latency", show):
                 t0 = time.perf_counter()
-                got = ours(path)
-                t_ours.append(time.perf_counter() - t0)
+                got = attempt(path)
+                if got is None:
+                    continue
+                took = time.perf_counter() - t0
                 if ref is not None:
                     t0 = time.perf_counter()
-                    exp = ref(str(path))
+                    try:
+                        exp = ref(str(path))
+                    except Exception as e:  # left out of the comparison, both timings with it
+                        upstream_failed[str(path)] = f"{type(e).__name__}: {e}"
+                        logger.warning(
+                            "bench: upstream failed on %s (%s); left out of the comparison", path, e
+                        )
+                        continue
                     t_ref.append(time.perf_counter() - t0)
                     cmp = compare_faces(got, exp)
                     worst = {k: max(v, cmp[k]) for k, v in worst.items()}
                     counts = {k: v + cmp[k] for k, v in counts.items()}
                     dists.extend(cmp["keypoint_dist"])
+                t_ours.append(took)
 
         # 2. throughput, the stream, with stage times. On a GPU, timing a stage synchronises the
         # device around it, which stops host and device work from overlapping: there the rate
@@ -490,12 +522,19 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         if stages_apart:
             _stream_pass(ours, paths, batch, args.workers, show, "stages (synchronised)", timed=True)
-        failed = [str(r.error) for r in results if not r.ok]
+        for r in results:
+            if not r.ok:
+                failures.setdefault(str(r.source), str(r.error))
+        failed = list(failures.values())
+        n_ok = sum(1 for r in results if r.ok)
+        if n_ok == 0:
+            logger.error("bench: no image could be run (%d failed)", len(failed))
+            return 1
         faces = sum(len(r.faces or []) for r in results)
         gflop = _flops(ours, paths, results, flip)
         stages: dict[str, dict[str, float]] = {}
         for name, sec in ours.timings.seconds().items():
-            s: dict[str, float] = {"seconds": sec, "ms_per_image": 1000 * sec / len(paths)}
+            s: dict[str, float] = {"seconds": sec, "ms_per_image": 1000 * sec / n_ok}
             if name in gflop:
                 s["gflop"] = gflop[name]
                 s["gflop_per_s"] = gflop[name] / sec if sec > 0 else 0.0
@@ -506,7 +545,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "command": _command(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": _machine(device),
-        "images": len(paths),
+        "images": n_ok,
         "size": ",".join(sizes),
         "faces": faces,
         "failed": failed,
@@ -522,7 +561,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "batch_size": batch,
             "workers": args.workers,
             "seconds": wall,
-            "images_per_s": len(paths) / wall,
+            "images_per_s": n_ok / wall,
             "faces_per_s": faces / wall,
             "batch_latency": percentiles_ms(batch_times),
             "stages": stages,
@@ -541,7 +580,11 @@ def run_bench(args: argparse.Namespace) -> int:
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         free, total = torch.cuda.mem_get_info(device)
         result["gpu_used_mb"] = (total - free) / 2**20
+    if ref is not None and not t_ref:
+        logger.error("bench: upstream ran none of the images: no comparison")
+        ref = None
     if ref is not None:
+        result["upstream_failed"] = [f"{p}: {e}" for p, e in upstream_failed.items()]
         up_ips = len(t_ref) / sum(t_ref)
         result["upstream"] = {"images_per_s": up_ips, **percentiles_ms(t_ref)}
         result["speedup"] = sum(t_ref) / sum(t_ours)

@@ -116,6 +116,43 @@ def test_bench_against_upstream(
     assert r["cuda_graphs"] is False
 
 
+def test_bench_reports_a_bad_image_and_times_the_rest(
+    seeded_weights: Callable[[int], Weights], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory with an undecodable JPEG (first, so it is also the warm-up's pick): the run
+    goes on over the readable images, against upstream too, names the bad file in the table and
+    the JSON, counts only the images that ran, and exits 1."""
+    import cv2
+
+    w = seeded_weights(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a_bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    grid = cv2.imread(str(TADNE_GRID))
+    for i, (y, x) in enumerate([(0, 0), (700, 900)]):
+        assert cv2.imwrite(str(images / f"b_{i}.jpg"), grid[y : y + 192, x : x + 320])
+    out = tmp_path / "bench.json"
+    rc = main(
+        [
+            "bench", "--weights", str(w["yolov3"]["pth"].parent), "--images", str(images),
+            "--device", "cpu", "--compare-upstream", "--warmup", "1", "--quiet", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 1
+    r = json.loads(out.read_text())
+    assert r["images"] == 2
+    assert len(r["failed"]) == 1
+    assert "a_bad.jpg" in r["failed"][0]
+    assert "could not decode" in r["failed"][0]
+    assert r["upstream_failed"] == []
+    assert r["outputs_identical"] is True
+    assert r["latency"]["images_per_s"] > 0
+    assert r["throughput"]["images_per_s"] == pytest.approx(2 / r["throughput"]["seconds"])
+    table = capsys.readouterr().out
+    assert "failed, left out: 1 image(s)" in table
+    assert "a_bad.jpg" in table
+
+
 def test_stage_times_synchronise_only_when_enabled_and_asked() -> None:
     """A device's stage times synchronise it around each timed stage (so the bench takes them
     in a pass of their own on a GPU); disabled, or for host-only stages, nothing is called."""
