@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,11 +200,36 @@ def _progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Itera
     yield from tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
 
 
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, else a usage error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
+        return v
+
+    return parse
+
+
+def _sizes_arg(text: str) -> str:
+    """An argparse type: ``text`` when :func:`parse_sizes` takes it, else a usage error."""
+    try:
+        parse_sizes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--size: ")) from None
+    return text
+
+
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None, help="directory of images (default: generated)")
-    p.add_argument("--num-images", type=int, default=8, help="generated images (default 8)")
+    p.add_argument("--num-images", type=_int_at_least(1), default=8, help="generated images (default 8)")
     p.add_argument(
         "--size",
+        type=_sizes_arg,
         default="1280x720",
         help=f"generated sizes WxH[,WxH...] or a preset {sorted(SIZE_PRESETS)} (default 1280x720)",
     )
@@ -221,7 +246,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="directory with the checkpoints (default: seeded test weights)",
     )
     p.add_argument("--seed", type=int, default=0, help="test-weights and image seed")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up images per pass (excluded)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=1, help="warm-up images per pass (excluded)")
     p.add_argument(
         "--compare-upstream", action="store_true", help="also run anime-face-detector 0.1.0, interleaved"
     )
@@ -248,11 +273,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="replay CUDA graphs of the torch/torchscript networks (CUDA only; opt-in)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=None, help="images per stream batch (default: the Detector's)"
+        "--batch-size",
+        type=_int_at_least(1),
+        default=None,
+        help="images per stream batch (default: the Detector's)",
     )
-    p.add_argument("--workers", type=int, default=2, help="decoding threads of the stream")
+    p.add_argument("--workers", type=_int_at_least(0), default=2, help="decoding threads of the stream")
     p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip-latency", action="store_true", help="throughput pass only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -430,6 +458,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.images is not None and not Path(args.images).is_dir():
+        logger.error("bench: --images %s is not a directory", args.images)
+        return 2
     device = resolve_device(args.device)
     show = not args.quiet and sys.stderr.isatty()
     with tempfile.TemporaryDirectory() as tmp_str:

@@ -153,6 +153,34 @@ def test_bench_reports_a_bad_image_and_times_the_rest(
     assert "a_bad.jpg" in table
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--size", "0x5"], "argument --size: sizes must be positive, got '0x5'"),
+        (["--size", "12x"], "argument --size: "),
+        (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+        (["--num-images", "0"], "argument --num-images: expected an integer >= 1, got 0"),
+        (["--workers", "-1"], "argument --workers: expected an integer >= 0, got -1"),
+        (["--warmup", "x"], "argument --warmup: expected an integer >= 0, got 'x'"),
+        (["--threads", "-2"], "argument --threads: expected an integer >= 0, got -2"),
+    ],
+)
+def test_bench_refuses_bad_arguments_before_running(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quiet", *flags])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_refuses_a_missing_image_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "r.json"
+    assert main(["bench", "--images", str(tmp_path / "nope"), "--quiet", "--json", str(out)]) == 2
+    assert f"--images {tmp_path / 'nope'} is not a directory" in caplog.text
+    assert not out.exists()
+
+
 def test_stage_times_synchronise_only_when_enabled_and_asked() -> None:
     """A device's stage times synchronise it around each timed stage (so the bench takes them
     in a pass of their own on a GPU); disabled, or for host-only stages, nothing is called."""
