@@ -461,7 +461,11 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.images is not None and not Path(args.images).is_dir():
         logger.error("bench: --images %s is not a directory", args.images)
         return 2
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        logger.error("bench: --device %s: %s", args.device, e)
+        return 2
     show = not args.quiet and sys.stderr.isatty()
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)

@@ -33,7 +33,11 @@ def _add_make_test_weights(p: argparse.ArgumentParser) -> None:
 def _run_make_test_weights(args: argparse.Namespace) -> int:
     from .test_weights import write_test_weights
 
-    written = write_test_weights(args.out_dir, seed=args.seed)
+    try:
+        written = write_test_weights(args.out_dir, seed=args.seed)
+    except OSError as e:
+        logger.error("make-test-weights: cannot write into %s: %s", args.out_dir, e)
+        return 2
     for name, files in written.items():
         for fmt, path in files.items():
             logger.info("%s (%s): %s", name, fmt, path)

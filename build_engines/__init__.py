@@ -121,6 +121,9 @@ def build(
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command line (see :func:`add_arguments`); prints the JSON summary."""
+    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        logger.error("--cache-dir %s is not a directory", args.cache_dir)
+        return 2
     try:
         records = build(
             args.models,

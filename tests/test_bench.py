@@ -261,3 +261,27 @@ def test_bench_refuses_a_configuration_the_device_cannot_run(
     assert not out.exists()
     assert message in caplog.text
     assert "cannot load the models" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_bench_refuses_a_device_the_machine_lacks(caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["bench", "--device", "cuda", "--quiet"]) == 2
+    assert "--device cuda: device 'cuda': CUDA is not available on this machine" in caplog.text
+    assert main(["bench", "--device", "bogus", "--quiet"]) == 2
+    assert "--device bogus:" in caplog.text
+
+
+def test_cli_commands_refuse_a_file_where_a_directory_goes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``make-test-weights`` and ``build`` given a file for their directory: exit 2 with the path
+    named, not a traceback."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main(["make-test-weights", str(a_file)]) == 2
+    assert f"make-test-weights: cannot write into {a_file}" in caplog.text
+    assert (
+        main(["build", "--cache-dir", str(a_file), "--models", "hrnetv2", "--backends", "torchscript"]) == 2
+    )
+    assert f"--cache-dir {a_file} is not a directory" in caplog.text
+    assert a_file.read_text() == "x"
