@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -119,7 +120,7 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--box-scale-factor",
-        type=float,
+        type=_positive,
         default=1.1,
         help="detected boxes are enlarged by this (default 1.1)",
     )
@@ -229,6 +230,33 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _float_arg(text: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """``text`` as a finite float, at least ``minimum`` (above it when ``strict``); an argparse
+    error naming the value otherwise (``nan`` and ``inf`` would silently keep or drop everything)."""
+    what = "a finite number"
+    if minimum is not None:
+        what = f"a number {'>' if strict else '>='} {minimum:g}"
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(v) or (minimum is not None and (v <= minimum if strict else v < minimum)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return v
+
+
+def _finite(text: str) -> float:
+    return _float_arg(text)
+
+
+def _non_negative(text: str) -> float:
+    return _float_arg(text, minimum=0.0)
+
+
+def _positive(text: str) -> float:
+    return _float_arg(text, minimum=0.0, strict=True)
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -291,10 +319,12 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
         help="cluster jobs: process only shard K of N (K from 0 to N-1), chosen by a hash of each "
         "input's path; run N jobs with the same inputs, one output each",
     )
-    out.add_argument("--min-score", type=float, default=0.0, help="drop faces scoring below this (default 0)")
+    out.add_argument(
+        "--min-score", type=_finite, default=0.0, help="drop faces scoring below this (default 0)"
+    )
     out.add_argument(
         "--min-face-size",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="PX",
         help="drop faces whose box's shorter side is below PX pixels (default 0)",
@@ -319,12 +349,15 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--crop-scale",
-        type=float,
+        type=_positive,
         default=1.0,
         help="aligned: zoom (2: face twice as large; default 1: eye distance = size/4)",
     )
     c.add_argument(
-        "--crop-margin", type=float, default=1.0, help="box: square side = longer box side x this (default 1)"
+        "--crop-margin",
+        type=_positive,
+        default=1.0,
+        help="box: square side = longer box side x this (default 1)",
     )
     c.add_argument(
         "--crop-border",
@@ -344,7 +377,7 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument(
         "--draw-landmark-threshold",
-        type=float,
+        type=_finite,
         default=0.3,
         help="landmarks scoring below this are drawn yellow, others red (default 0.3)",
     )
@@ -367,9 +400,6 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
 def _run_detect(args: argparse.Namespace) -> int:
     from .detect_job import DetectOptions, SettingsMismatchError, check_run_settings, run_detect_job
 
-    if args.crop_scale <= 0 or args.crop_margin <= 0:
-        logger.error("--crop-scale and --crop-margin must be positive")
-        return 2
     opts = DetectOptions(
         inputs=args.inputs,
         output=args.output,

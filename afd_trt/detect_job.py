@@ -106,7 +106,10 @@ def _expand_one(item: str, allow_list: bool, exts: Sequence[str]) -> Iterator[In
         return
     path = Path(item)
     if path.is_dir():
-        yield from (_classify(p) for p in _walk(path, exts))
+        found = _walk(path, exts)
+        if not found:
+            logger.warning("folder %s: no files with extensions %s", item, " ".join(exts))
+        yield from (_classify(p) for p in found)
     elif path.exists():
         yield _classify(item)
     elif _GLOB_CHARS & set(item):
@@ -720,6 +723,8 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
     specs = expand_inputs(opts.inputs, opts.exts)
+    if not specs:
+        logger.warning("no inputs: %s held no images or videos", " ".join(map(str, opts.inputs)))
     if opts.shard is not None:
         everything = len(specs)
         specs = in_shard(specs, opts.shard)

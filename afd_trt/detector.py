@@ -108,7 +108,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
     CPU; a CUDA device gets its index (``"cuda"`` is the current GPU), checked to exist."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device {device!r}: not a device name (expected 'cpu', 'cuda', 'cuda:N' or 'auto')"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {str(device)!r}: CUDA is not available on this machine (use 'cpu' or 'auto')"

@@ -469,6 +469,32 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert "cannot load the models" in no_model.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--min-score", "nan"], "argument --min-score: expected a finite number, got 'nan'"),
+        (["--min-face-size", "-1"], "argument --min-face-size: expected a number >= 0, got '-1'"),
+        (["--crop-scale", "0"], "argument --crop-scale: expected a number > 0, got '0'"),
+        (["--crop-margin", "nan"], "argument --crop-margin: expected a number > 0, got 'nan'"),
+        (["--box-scale-factor", "inf"], "argument --box-scale-factor: expected a number > 0, got 'inf'"),
+        (["--draw-landmark-threshold", "x"], "argument --draw-landmark-threshold: expected a finite"),
+    ],
+)
+def test_detect_refuses_numbers_that_would_silently_keep_or_drop_everything(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["detect", "x.png", "-o", str(tmp_path / "o.jsonl"), *flags])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_detect_names_a_device_that_is_not_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["detect", "x.png", "-o", str(tmp_path / "o.jsonl"), "--device", "gpu0"]) == 2
+    assert "device 'gpu0': not a device name (expected 'cpu', 'cuda', 'cuda:N' or 'auto')" in caplog.text
+
+
 def test_rerun_skips_a_finished_video_without_decoding(
     inputs: dict[str, Any], models: dict[str, Path], tmp_path: Path
 ) -> None:

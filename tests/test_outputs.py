@@ -236,6 +236,23 @@ def test_expand_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
+def test_a_folder_without_matching_files_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.png").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level("WARNING", logger="afd_trt.detect"):
+        specs = expand_inputs([str(tmp_path / "d"), str(tmp_path / "empty")], exts=(".jpg",))
+    assert specs == []
+    assert f"folder {tmp_path / 'd'}: no files with extensions .jpg" in caplog.text
+    assert f"folder {tmp_path / 'empty'}: no files with extensions .jpg" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="afd_trt.detect"):
+        assert expand_inputs([str(tmp_path / "d")]) == [InputSpec(str(tmp_path / "d" / "a.png"), "image")]
+    assert caplog.text == ""
+
+
 def _write_video(path: Path, n: int, fps: float = 10.0) -> list[np.ndarray]:
     w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
     assert w.isOpened()
