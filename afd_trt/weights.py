@@ -143,6 +143,27 @@ def _looks_like_text(path: Path) -> bool:
     return head[:1] in (b"<", b"{") and not head.startswith(b"{\x00")
 
 
+def _head_kind(path: Path) -> str:
+    """What the first bytes of a file say it is: ``"zip"`` (``torch.save``'s format), ``"pickle"``
+    (legacy ``torch.save``), ``"safetensors"`` (8-byte header length, then ``{"``), or ``"other"``."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 10 and head[8:10] == b'{"':
+        return "safetensors"
+    return "other"
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Read ``path`` as safetensors: by its content when recognisable, else by its suffix (a
+    ``.pth`` that holds a safetensors file is read as one, and the other way round)."""
+    head = _head_kind(path)
+    return head == "safetensors" or (path.suffix == ".safetensors" and head == "other")
+
+
 def _unreadable(path: Path, kind: str, err: BaseException) -> CheckpointError:
     hint = "corrupt or truncated? Delete it to have it fetched again"
     if _looks_like_text(path):
@@ -161,10 +182,23 @@ def _weights_only_reason(message: str) -> str:
 
 def _torch_load(path: Path, *, mmap: bool = False) -> object:
     """``torch.load`` with ``weights_only=True``; every failure becomes a CheckpointError naming ``path``."""
+    if _head_kind(path) == "other":
+        hint = (
+            "it looks like a text/HTML page (a failed download saved an error page?)"
+            if _looks_like_text(path)
+            else "corrupt, or not a weights file?"
+        )
+        raise CheckpointError(
+            f"checkpoint {path}: not a checkpoint: its first bytes are neither a zip archive nor a "
+            f"pickle (torch.save's formats) nor a safetensors header; {hint}"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if mmap:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with open(path, "rb") as f:  # a file object: torch.load itself goes by a .safetensors suffix
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower() and not _looks_like_text(path):
+        if "weights only load failed" in str(e).lower() and _head_kind(path) in ("zip", "pickle"):
             raise CheckpointError(
                 f"checkpoint {path}: refused to load: it pickles objects other than tensors and plain "
                 f"containers, and afd_trt never unpickles code (torch.load weights_only=True). "
@@ -172,7 +206,9 @@ def _torch_load(path: Path, *, mmap: bool = False) -> object:
                 f"torch says: {_weights_only_reason(str(e))}"
             ) from e
         raise _unreadable(path, "torch.save", e) from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as e:
+    except (
+        RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError, SafetensorError
+    ) as e:  # fmt: skip
         raise _unreadable(path, "torch.save", e) from e
 
 
@@ -211,7 +247,7 @@ def _marker_from_meta(obj: object) -> str | None:
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
     """(state dict, test-weights marker or None) of a checkpoint file."""
     _check_readable_file(path)
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         try:
             with safe_open(str(path), framework="pt") as f:
                 marker = (f.metadata() or {}).get(TEST_WEIGHTS_KEY)
@@ -228,8 +264,9 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a model state dict (parameter/buffer name -> CPU tensor) from a checkpoint file.
 
-    ``.safetensors`` files are read with ``safetensors.torch.load_file``; any other suffix with
-    ``torch.load(weights_only=True)`` (pickled code is refused, never run), taking the
+    safetensors files are read with ``safetensors.torch.load_file``, ``torch.save`` files (zip or
+    legacy pickle) with ``torch.load(weights_only=True)``, told apart by their first bytes (the
+    suffix decides only for unrecognisable content) (pickled code is refused, never run), taking the
     ``"state_dict"`` entry of the mm*-era ``{"meta", "state_dict", ...}`` layout, or the whole
     object when it is a bare state dict. Tensors keep their stored dtypes and shapes.
 
@@ -262,7 +299,7 @@ def is_test_weights(path: str | Path) -> str | None:
     """
     path = Path(path).expanduser()
     _check_readable_file(path)
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         try:
             with safe_open(str(path), framework="pt") as f:
                 return (f.metadata() or {}).get(TEST_WEIGHTS_KEY)

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from http_server import (
@@ -113,6 +114,33 @@ def test_load_safetensors(tmp_path: Path) -> None:
     for k in sd:
         torch.testing.assert_close(got[k], sd[k], rtol=0, atol=0)
     assert is_test_weights(path) is None
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_checkpoint_under_the_other_suffix_is_read_by_its_content(tmp_path: Path, legacy: bool) -> None:
+    sd = _state(3)
+    pth_named_st = tmp_path / "a.safetensors"
+    pth_named_st.write_bytes(_pth_bytes({"state_dict": sd}, _use_new_zipfile_serialization=not legacy))
+    st_named_pth = tmp_path / "b.pth"
+    save_file(sd, str(st_named_pth), metadata={TEST_WEIGHTS_KEY: "seed=3"})
+    for path in (pth_named_st, st_named_pth):
+        got = load_state_dict(path)
+        assert got.keys() == sd.keys()
+        for k in sd:
+            torch.testing.assert_close(got[k], sd[k], rtol=0, atol=0)
+    assert is_test_weights(pth_named_st) is None
+    assert is_test_weights(st_named_pth) == "seed=3"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bytes_of_no_checkpoint_format_are_named_as_such(tmp_path: Path, seed: int) -> None:
+    data = np.random.default_rng(seed).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    path = tmp_path / "m.pth"
+    path.write_bytes(b"\x00" + data)  # never a zip, pickle or safetensors header
+    with pytest.raises(CheckpointError, match=r"m\.pth: not a checkpoint: its first bytes are neither a zip"):
+        load_state_dict(path)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        is_test_weights(path)
 
 
 def test_test_weights_marker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
