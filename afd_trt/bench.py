@@ -299,8 +299,9 @@ def _weights_dir(args: argparse.Namespace, tmp: Path) -> Path:
 
 def _image_paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
     if args.images is not None:
-        exts = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-        return sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in exts)
+        from .detect_job import IMAGE_EXTS
+
+        return sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
     grid = args.grid if args.grid is not None else default_grid()
     if not grid.is_file():
         logger.warning("bench: %s not found, using synthetic images", grid)
@@ -471,7 +472,10 @@ def run_bench(args: argparse.Namespace) -> int:
         tmp = Path(tmp_str)
         paths = _image_paths(args, tmp)
         if not paths:
-            raise SystemExit("bench: no images")
+            from .detect_job import IMAGE_EXTS
+
+            logger.error("bench: --images %s holds no images (%s)", args.images, " ".join(IMAGE_EXTS))
+            return 2
         wdir = _weights_dir(args, tmp)
         det_ckpt, lm_ckpt = wdir / CHECKPOINTS[args.face_detector], wdir / CHECKPOINTS["hrnetv2"]
         flip = not args.no_flip

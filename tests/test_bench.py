@@ -178,6 +178,11 @@ def test_bench_refuses_a_missing_image_directory(tmp_path: Path, caplog: pytest.
     out = tmp_path / "r.json"
     assert main(["bench", "--images", str(tmp_path / "nope"), "--quiet", "--json", str(out)]) == 2
     assert f"--images {tmp_path / 'nope'} is not a directory" in caplog.text
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    assert main(["bench", "--images", str(tmp_path / "empty"), "--quiet", "--json", str(out)]) == 2
+    assert f"--images {tmp_path / 'empty'} holds no images (.jpg .jpeg .png" in caplog.text
+    assert not out.exists()
     assert not out.exists()
 
 
