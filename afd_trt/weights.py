@@ -198,7 +198,7 @@ def _torch_load(path: Path, *, mmap: bool = False) -> object:
         with open(path, "rb") as f:  # a file object: torch.load itself goes by a .safetensors suffix
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower() and _head_kind(path) in ("zip", "pickle"):
+        if "weights only load failed" in str(e).lower():  # a real pickle: other formats stop above
             raise CheckpointError(
                 f"checkpoint {path}: refused to load: it pickles objects other than tensors and plain "
                 f"containers, and afd_trt never unpickles code (torch.load weights_only=True). "
