@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,9 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 import torch
+
+from .argtypes import int_at_least
+from .detect_job import IMAGE_EXTS
 
 __all__ = ["add_bench_args", "network_gflop", "run_bench"]
 
@@ -200,21 +203,6 @@ def _progress(items: Iterable[T], total: int, desc: str, enabled: bool) -> Itera
     yield from tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``, else a usage error naming the value."""
-
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
-        return v
-
-    return parse
-
-
 def _sizes_arg(text: str) -> str:
     """An argparse type: ``text`` when :func:`parse_sizes` takes it, else a usage error."""
     try:
@@ -226,7 +214,7 @@ def _sizes_arg(text: str) -> str:
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, default=None, help="directory of images (default: generated)")
-    p.add_argument("--num-images", type=_int_at_least(1), default=8, help="generated images (default 8)")
+    p.add_argument("--num-images", type=int_at_least(1), default=8, help="generated images (default 8)")
     p.add_argument(
         "--size",
         type=_sizes_arg,
@@ -246,7 +234,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="directory with the checkpoints (default: seeded test weights)",
     )
     p.add_argument("--seed", type=int, default=0, help="test-weights and image seed")
-    p.add_argument("--warmup", type=_int_at_least(0), default=1, help="warm-up images per pass (excluded)")
+    p.add_argument("--warmup", type=int_at_least(0), default=1, help="warm-up images per pass (excluded)")
     p.add_argument(
         "--compare-upstream", action="store_true", help="also run anime-face-detector 0.1.0, interleaved"
     )
@@ -274,13 +262,13 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--batch-size",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=None,
         help="images per stream batch (default: the Detector's)",
     )
-    p.add_argument("--workers", type=_int_at_least(0), default=2, help="decoding threads of the stream")
+    p.add_argument("--workers", type=int_at_least(0), default=2, help="decoding threads of the stream")
     p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--threads", type=_int_at_least(0), default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip-latency", action="store_true", help="throughput pass only")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -299,8 +287,6 @@ def _weights_dir(args: argparse.Namespace, tmp: Path) -> Path:
 
 def _image_paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
     if args.images is not None:
-        from .detect_job import IMAGE_EXTS
-
         return sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
     grid = args.grid if args.grid is not None else default_grid()
     if not grid.is_file():
@@ -472,8 +458,6 @@ def run_bench(args: argparse.Namespace) -> int:
         tmp = Path(tmp_str)
         paths = _image_paths(args, tmp)
         if not paths:
-            from .detect_job import IMAGE_EXTS
-
             logger.error("bench: --images %s holds no images (%s)", args.images, " ".join(IMAGE_EXTS))
             return 2
         wdir = _weights_dir(args, tmp)

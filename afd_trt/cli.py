@@ -9,12 +9,13 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .argtypes import int_at_least, number
 
 __all__ = ["main"]
 
@@ -230,41 +231,10 @@ def _shard(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _float_arg(text: str, *, minimum: float | None = None, strict: bool = False) -> float:
-    """``text`` as a finite float, at least ``minimum`` (above it when ``strict``); an argparse
-    error naming the value otherwise (``nan`` and ``inf`` would silently keep or drop everything)."""
-    what = "a finite number"
-    if minimum is not None:
-        what = f"a number {'>' if strict else '>='} {minimum:g}"
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(v) or (minimum is not None and (v <= minimum if strict else v < minimum)):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return v
-
-
-def _finite(text: str) -> float:
-    return _float_arg(text)
-
-
-def _non_negative(text: str) -> float:
-    return _float_arg(text, minimum=0.0)
-
-
-def _positive(text: str) -> float:
-    return _float_arg(text, minimum=0.0, strict=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+_finite = number()
+_non_negative = number(0.0)
+_positive = number(0.0, strict=True)
+_positive_int = int_at_least(1)
 
 
 def _add_detect(p: argparse.ArgumentParser) -> None:

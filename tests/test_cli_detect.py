@@ -456,7 +456,7 @@ def test_shards_split_the_inputs_between_jobs(
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     bad_every = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--every", "0")
     assert bad_every.returncode == 2
-    assert "positive integer" in bad_every.stderr
+    assert "argument --every: expected an integer >= 1, got 0" in bad_every.stderr
     bad_shard = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--shard", "2/2")
     assert bad_shard.returncode == 2
     assert "K must be in 0..N-1" in bad_shard.stderr
