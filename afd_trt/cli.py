@@ -1,4 +1,5 @@
-"""The ``afd-trt`` command: ``detect``, ``make-test-weights``, ``bench``.
+"""The ``afd-trt`` command: ``detect``, ``merge``, ``build``, ``bench``, ``cache`` and
+``make-test-weights``.
 
 Subcommands are registered in a plain dict; each has its own argument builder and runner.
 """
