@@ -35,6 +35,7 @@ from afd_trt.engines import (
     _engine_input,
     cached_onnx,
     create_engine,
+    export_shape,
     load_engine_file,
     ort_providers,
     resolve_backend,
@@ -422,6 +423,17 @@ def _onnx_types(model: Any) -> dict[str, int]:
     types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
     types.update({t.name: t.data_type for t in g.initializer})
     return types
+
+
+def test_fp16_export_traces_the_detectors_small() -> None:
+    """The fp16 export traces the detectors at 64x64 (torch's float16 convolutions on the CPU are
+    scalar code); the runs below check the graph at other sizes. Fixed axes keep their size."""
+    assert export_shape(NETWORKS["yolov3"], "fp16") == (1, 3, 64, 64)
+    assert export_shape(NETWORKS["faster-rcnn"], "fp16") == (1, 3, 64, 64)
+    for name, io in NETWORKS.items():
+        assert export_shape(io, "fp32") == io.example_shape
+        if name not in ("yolov3", "faster-rcnn"):
+            assert export_shape(io, "fp16") == io.example_shape
 
 
 @pytest.mark.parametrize("network", list(SHAPES))
