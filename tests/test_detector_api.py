@@ -189,7 +189,7 @@ def test_one_detector_serves_concurrent_threads(
     answer, the same as a call alone (single calls and batches interleaved)."""
     other = tadne_crop(0, 0, 400, 300)
     alone = det(other)
-    jobs = [image, other, [image, other], other, image, [other, image]] * 2
+    jobs = [image, other, [image, other], other, image, [other, image]]
 
     def call(job: np.ndarray | list[np.ndarray]) -> list[list[dict[str, np.ndarray]]]:
         return det.detect_batch(job) if isinstance(job, list) else [det(job)]
