@@ -1,0 +1,220 @@
+"""Memory over a long stream: the resident set size while ``Detector.stream`` reads N images.
+
+The throughput issue asks that memory stay flat over 10,000 images (bounded queues). This writes
+``--distinct`` JPEG files (windows of the shared TADNE grid, or synthetic scenes without it),
+streams ``--num-images`` paths cycling over them through one ``Detector`` (so every image is read
+from disk and decoded, in the stream's worker threads) and samples the process's resident set
+size from ``/proc/self/statm`` every ``--every`` images. It reports the RSS after the warm-up (the
+first ``--warmup`` images: engines, allocator pools and thread pools are made there), the peak
+and last samples after it, and the least-squares growth over the samples after the warm-up in MiB
+per 1,000 images; the exit status is 1 when that growth exceeds ``--max-growth``.
+
+10,000 images through the full networks take hours on a 2-core CPU, so the detector's config can
+be made cheaper: ``--img-scale`` (the detector's input size) and ``--max-faces`` (its
+``max_per_img``, so the landmark batch stays small). Every stage still runs for every image::
+
+    afd-trt make-test-weights /tmp/bw --seed 0
+    python benchmarks/memory.py --weights /tmp/bw --num-images 10000 --img-scale 160 \\
+        --max-faces 2 --json memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+import afd_trt
+from afd_trt.argtypes import int_at_least
+from afd_trt.bench import default_grid, generated_images, parse_sizes
+from afd_trt.config import load_config
+
+logger = logging.getLogger("benchmarks.memory")
+
+MIB = 1024 * 1024
+
+
+def rss_bytes() -> int:
+    """This process's resident set size in bytes (Linux: ``/proc/self/statm``)."""
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def growth_per_1000(images: Sequence[int], rss: Sequence[int]) -> float:
+    """Least-squares slope of ``rss`` (bytes) against ``images`` (counts), in MiB per 1,000
+    images; 0.0 for fewer than two samples."""
+    if len(images) < 2:
+        return 0.0
+    slope = np.polyfit(np.asarray(images, dtype=np.float64), np.asarray(rss, dtype=np.float64), 1)[0]
+    return float(slope) * 1000 / MIB
+
+
+def summarize(samples: Sequence[tuple[int, int]], warmup: int) -> dict[str, Any]:
+    """``samples``: (images done, RSS bytes) in order. Figures in MiB over the samples taken at
+    or after ``warmup`` images (all samples when none is)."""
+    after = [s for s in samples if s[0] >= warmup] or list(samples)
+    images, rss = [s[0] for s in after], [s[1] for s in after]
+    return {
+        "rss_after_warmup_mib": rss[0] / MIB,
+        "rss_peak_mib": max(rss) / MIB,
+        "rss_last_mib": rss[-1] / MIB,
+        "growth_mib_per_1000_images": growth_per_1000(images, rss),
+        "samples": [[n, r / MIB] for n, r in samples],
+    }
+
+
+def _paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
+    grid = args.grid if args.grid is not None else default_grid()
+    out = []
+    for i, img in enumerate(generated_images(args.distinct, parse_sizes(args.size), args.seed, grid)):
+        path = tmp / f"mem_{i:03d}.jpg"
+        if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            raise OSError(f"could not write {path}")
+        out.append(path)
+    return out
+
+
+def _detector(args: argparse.Namespace, weights: Path) -> afd_trt.Detector:
+    config = load_config(args.detector)
+    if args.img_scale is not None:
+        config = dataclasses.replace(
+            config, input=dataclasses.replace(config.input, img_scale=(args.img_scale, args.img_scale))
+        )
+    if args.max_faces is not None:
+        config = dataclasses.replace(config, max_per_img=args.max_faces)
+    return afd_trt.Detector(
+        args.detector,
+        weights / config.weights.file,
+        weights / load_config("hrnetv2").weights.file,
+        device=args.device,
+        backend=args.backend,
+        precision=args.precision,
+        flip_test=args.flip == "on",
+        face_detector_config=config,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="afd_trt-memory-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.weights is None:
+            from afd_trt.test_weights import write_test_weights
+
+            write_test_weights(tmp / "weights", seed=args.seed)
+            weights = tmp / "weights"
+        else:
+            weights = args.weights
+        paths = _paths(args, tmp)
+        det = _detector(args, weights)
+
+        def inputs() -> Iterator[str]:
+            for p in itertools.islice(itertools.cycle(paths), args.num_images):
+                yield str(p)
+
+        samples: list[tuple[int, int]] = [(0, rss_bytes())]
+        faces = failed = 0
+        t0 = time.perf_counter()
+        for r in det.stream(inputs(), batch_size=args.batch_size, workers=args.workers):
+            if r.ok:
+                faces += len(r.faces or [])
+            else:
+                failed += 1
+                logger.error("%s: %s", r.source, r.error)
+            done = r.index + 1
+            if done % args.every == 0 or done == args.num_images:
+                samples.append((done, rss_bytes()))
+                logger.info("%d images, RSS %.1f MiB", done, samples[-1][1] / MIB)
+        seconds = time.perf_counter() - t0
+    result = {
+        "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
+        "images": args.num_images,
+        "distinct_files": len(paths),
+        "faces": faces,
+        "failed": failed,
+        "seconds": seconds,
+        "images_per_s": args.num_images / seconds,
+        "detector": args.detector,
+        "backend": args.backend,
+        "precision": args.precision,
+        "flip": args.flip,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "img_scale": args.img_scale,
+        "max_faces": args.max_faces,
+        "warmup_images": args.warmup,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        **summarize(samples, args.warmup),
+    }
+    return result
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--weights", type=Path, help="directory of the three checkpoints (default: seeded test weights)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the test weights and images")
+    p.add_argument("--num-images", type=int_at_least(1), default=10_000)
+    p.add_argument("--distinct", type=int_at_least(1), default=16, help="distinct JPEG files cycled over")
+    p.add_argument("--size", default="320x240", help="WxH[,WxH...] of the files (default 320x240)")
+    p.add_argument("--grid", type=Path, default=None, help="the TADNE grid (default ../shared/data/...)")
+    p.add_argument("--detector", choices=("yolov3", "faster-rcnn"), default="yolov3")
+    p.add_argument(
+        "--img-scale", type=int_at_least(32), default=None, help="detector input size (default: config)"
+    )
+    p.add_argument(
+        "--max-faces", type=int_at_least(1), default=None, help="faces kept per image (default: config)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--flip", choices=("on", "off"), default="on")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4)
+    p.add_argument("--workers", type=int_at_least(0), default=2)
+    p.add_argument("--every", type=int_at_least(1), default=250, help="sample the RSS every N images")
+    p.add_argument("--warmup", type=int_at_least(0), default=500, help="images before the growth is measured")
+    p.add_argument(
+        "--max-growth", type=float, default=1.0, help="MiB per 1,000 images tolerated (exit 1 above)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="write the result here")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    result = run(args)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    logger.info(
+        "%d images (%d faces, %d failed) at %.1f images/s: RSS %.1f MiB after %d images, peak %.1f, "
+        "last %.1f; growth %.3f MiB per 1,000 images",
+        result["images"],
+        result["faces"],
+        result["failed"],
+        result["images_per_s"],
+        result["rss_after_warmup_mib"],
+        args.warmup,
+        result["rss_peak_mib"],
+        result["rss_last_mib"],
+        result["growth_mib_per_1000_images"],
+    )
+    return 1 if result["growth_mib_per_1000_images"] > args.max_growth or result["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
