@@ -76,6 +76,12 @@ def summarize(samples: Sequence[tuple[int, int]], warmup: int) -> dict[str, Any]
     }
 
 
+def verdict(result: dict[str, Any], max_growth: float) -> int:
+    """The exit status: 1 when an image failed or the RSS grew by more than ``max_growth`` MiB
+    per 1,000 images after the warm-up, else 0."""
+    return 1 if result["failed"] or result["growth_mib_per_1000_images"] > max_growth else 0
+
+
 def _paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
     grid = args.grid if args.grid is not None else default_grid()
     out = []
@@ -213,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["rss_last_mib"],
         result["growth_mib_per_1000_images"],
     )
-    return 1 if result["growth_mib_per_1000_images"] > args.max_growth or result["failed"] else 0
+    return verdict(result, args.max_growth)
 
 
 if __name__ == "__main__":

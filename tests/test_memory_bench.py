@@ -1,0 +1,79 @@
+"""benchmarks/memory.py: the RSS growth arithmetic, and a short real run through the stream."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import memory
+from paths import TADNE_GRID
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize("mib_per_1000", [0.0, 2.5, -1.0, 40.0])
+def test_growth_is_the_least_squares_slope(mib_per_1000: float) -> None:
+    images = list(range(0, 5001, 250))
+    # a slope plus a zero-mean wobble, which least squares ignores
+    rss = [
+        int(300 * MIB + n * mib_per_1000 * MIB / 1000 + (MIB if i % 2 else -MIB))
+        for i, n in enumerate(images)
+    ]
+    assert memory.growth_per_1000(images, rss) == pytest.approx(mib_per_1000, abs=0.05)
+    assert memory.growth_per_1000(images[:1], rss[:1]) == 0.0
+
+
+def test_summary_starts_after_the_warmup() -> None:
+    samples = [(0, 100 * MIB), (250, 400 * MIB), (500, 300 * MIB), (750, 300 * MIB), (1000, 301 * MIB)]
+    s = memory.summarize(samples, warmup=500)
+    assert s["rss_after_warmup_mib"] == 300
+    assert s["rss_peak_mib"] == 301  # the warm-up's 400 MiB does not count
+    assert s["rss_last_mib"] == 301
+    assert s["growth_mib_per_1000_images"] == pytest.approx(2.0, rel=1e-6)
+    assert len(s["samples"]) == 5
+    # no sample after the warm-up: all of them
+    assert memory.summarize(samples, warmup=5000)["rss_peak_mib"] == 400
+
+
+@pytest.mark.parametrize(
+    ("growth", "failed", "status"), [(0.5, 0, 0), (1.5, 0, 1), (0.0, 1, 1), (-3.0, 0, 0)]
+)
+def test_verdict(growth: float, failed: int, status: int) -> None:
+    assert memory.verdict({"growth_mib_per_1000_images": growth, "failed": failed}, 1.0) == status
+
+
+def test_rss_is_this_process() -> None:
+    before = memory.rss_bytes()
+    block = bytearray(64 * MIB)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page
+    assert memory.rss_bytes() - before >= 60 * MIB
+    del block
+
+
+def test_a_short_run(seeded_weights: Callable[[int], dict[str, dict[str, Path]]], tmp_path: Path) -> None:
+    """8 images through the stream: a sample every 4, every image answered, at most one face
+    each (--max-faces reaches the detector's config)."""
+    weights = seeded_weights(0)["yolov3"]["pth"].parent
+    out = tmp_path / "memory.json"
+    rc = memory.main(
+        [
+            "--weights", str(weights), "--num-images", "8", "--distinct", "5", "--size", "200x160",
+            "--grid", str(TADNE_GRID), "--img-scale", "96", "--max-faces", "1", "--flip", "off",
+            "--every", "4", "--warmup", "4", "--max-growth", "1e9", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["images"] == 8
+    assert r["distinct_files"] == 5
+    assert r["failed"] == 0
+    assert 0 < r["faces"] <= 8
+    assert [n for n, _ in r["samples"]] == [0, 4, 8]
+    assert all(mib > 10 for _, mib in r["samples"])
+    assert r["rss_peak_mib"] >= r["rss_last_mib"] > 0
