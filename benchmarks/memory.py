@@ -4,18 +4,20 @@ The throughput issue asks that memory stay flat over 10,000 images (bounded queu
 ``--distinct`` JPEG files (windows of the shared TADNE grid, or synthetic scenes without it),
 streams ``--num-images`` paths cycling over them through one ``Detector`` (so every image is read
 from disk and decoded, in the stream's worker threads) and samples the process's resident set
-size from ``/proc/self/statm`` every ``--every`` images. It reports the RSS after the warm-up (the
-first ``--warmup`` images: engines, allocator pools and thread pools are made there), the peak
-and last samples after it, and the least-squares growth over the samples after the warm-up in MiB
+size from ``/proc/self/statm`` (on CUDA also the GPU memory torch holds in tensors) every
+``--every`` images. It reports the RSS after the warm-up (the first ``--warmup`` images: engines,
+allocator pools and thread pools are made there), the peak and last samples after it, and the
+least-squares growth over the samples after the warm-up in MiB
 per 1,000 images; the exit status is 1 when that growth exceeds ``--max-growth``.
+``--max-seconds`` ends the stream early (at the next sample) to fit a time budget.
 
 10,000 images through the full networks take hours on a 2-core CPU, so the detector's config can
 be made cheaper: ``--img-scale`` (the detector's input size) and ``--max-faces`` (its
 ``max_per_img``, so the landmark batch stays small). Every stage still runs for every image::
 
     afd-trt make-test-weights /tmp/bw --seed 0
-    python benchmarks/memory.py --weights /tmp/bw --num-images 10000 --img-scale 160 \\
-        --max-faces 2 --json memory.json
+    python benchmarks/memory.py --weights /tmp/bw --num-images 10000 --img-scale 128 \\
+        --max-faces 1 --flip off --json memory.json
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 import afd_trt
-from afd_trt.argtypes import int_at_least
+from afd_trt.argtypes import int_at_least, number
 from afd_trt.bench import default_grid, generated_images, parse_sizes
 from afd_trt.config import load_config
 
@@ -62,24 +64,25 @@ def growth_per_1000(images: Sequence[int], rss: Sequence[int]) -> float:
     return float(slope) * 1000 / MIB
 
 
-def summarize(samples: Sequence[tuple[int, int]], warmup: int) -> dict[str, Any]:
-    """``samples``: (images done, RSS bytes) in order. Figures in MiB over the samples taken at
-    or after ``warmup`` images (all samples when none is)."""
+def summarize(samples: Sequence[tuple[int, int]], warmup: int, what: str = "rss") -> dict[str, Any]:
+    """``samples``: (images done, bytes) in order. Figures in MiB, keys prefixed ``what``, over
+    the samples taken at or after ``warmup`` images (all samples when none is)."""
     after = [s for s in samples if s[0] >= warmup] or list(samples)
-    images, rss = [s[0] for s in after], [s[1] for s in after]
+    images, used = [s[0] for s in after], [s[1] for s in after]
     return {
-        "rss_after_warmup_mib": rss[0] / MIB,
-        "rss_peak_mib": max(rss) / MIB,
-        "rss_last_mib": rss[-1] / MIB,
-        "growth_mib_per_1000_images": growth_per_1000(images, rss),
-        "samples": [[n, r / MIB] for n, r in samples],
+        f"{what}_after_warmup_mib": used[0] / MIB,
+        f"{what}_peak_mib": max(used) / MIB,
+        f"{what}_last_mib": used[-1] / MIB,
+        f"{what}_growth_mib_per_1000_images": growth_per_1000(images, used),
+        f"{what}_samples": [[n, b / MIB] for n, b in samples],
     }
 
 
 def verdict(result: dict[str, Any], max_growth: float) -> int:
-    """The exit status: 1 when an image failed or the RSS grew by more than ``max_growth`` MiB
-    per 1,000 images after the warm-up, else 0."""
-    return 1 if result["failed"] or result["growth_mib_per_1000_images"] > max_growth else 0
+    """The exit status: 1 when an image failed or the RSS (or, on CUDA, the GPU memory torch
+    holds in tensors) grew by more than ``max_growth`` MiB per 1,000 images after the warm-up."""
+    growth = [result["rss_growth_mib_per_1000_images"], result.get("gpu_growth_mib_per_1000_images", 0.0)]
+    return 1 if result["failed"] or max(growth) > max_growth else 0
 
 
 def _paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
@@ -130,10 +133,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for p in itertools.islice(itertools.cycle(paths), args.num_images):
                 yield str(p)
 
+        cuda = det.device.type == "cuda"
+
+        def gpu_bytes() -> int:
+            return torch.cuda.memory_allocated(det.device) if cuda else 0
+
         samples: list[tuple[int, int]] = [(0, rss_bytes())]
-        faces = failed = 0
+        gpu_samples: list[tuple[int, int]] = [(0, gpu_bytes())]
+        faces = failed = done = 0
         t0 = time.perf_counter()
-        for r in det.stream(inputs(), batch_size=args.batch_size, workers=args.workers):
+        stream = det.stream(inputs(), batch_size=args.batch_size, workers=args.workers)
+        for r in stream:
             if r.ok:
                 faces += len(r.faces or [])
             else:
@@ -142,16 +152,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             done = r.index + 1
             if done % args.every == 0 or done == args.num_images:
                 samples.append((done, rss_bytes()))
-                logger.info("%d images, RSS %.1f MiB", done, samples[-1][1] / MIB)
+                gpu_samples.append((done, gpu_bytes()))
+                logger.info(
+                    "%d images, RSS %.1f MiB%s",
+                    done,
+                    samples[-1][1] / MIB,
+                    f", GPU tensors {gpu_samples[-1][1] / MIB:.1f} MiB" if cuda else "",
+                )
+                if args.max_seconds is not None and time.perf_counter() - t0 > args.max_seconds:
+                    logger.warning(
+                        "stopping after %d images: --max-seconds %g reached", done, args.max_seconds
+                    )
+                    stream.close()
+                    break
         seconds = time.perf_counter() - t0
     result = {
         "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
-        "images": args.num_images,
+        "images": done,
+        "images_asked": args.num_images,
         "distinct_files": len(paths),
         "faces": faces,
         "failed": failed,
         "seconds": seconds,
-        "images_per_s": args.num_images / seconds,
+        "images_per_s": done / seconds,
         "detector": args.detector,
         "backend": args.backend,
         "precision": args.precision,
@@ -165,6 +188,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         **summarize(samples, args.warmup),
     }
+    if cuda:
+        result["gpu"] = torch.cuda.get_device_name(det.device)
+        result.update(summarize(gpu_samples, args.warmup, "gpu"))
     return result
 
 
@@ -194,10 +220,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--every", type=int_at_least(1), default=250, help="sample the RSS every N images")
     p.add_argument("--warmup", type=int_at_least(0), default=500, help="images before the growth is measured")
     p.add_argument(
-        "--max-growth", type=float, default=1.0, help="MiB per 1,000 images tolerated (exit 1 above)"
+        "--max-seconds",
+        type=number(minimum=0, strict=True),
+        default=None,
+        help="stop at the first sample after this many seconds of streaming (the report covers what ran)",
+    )
+    p.add_argument(
+        "--max-growth", type=number(), default=1.0, help="MiB per 1,000 images tolerated (exit 1 above)"
     )
     p.add_argument("--json", type=Path, default=None, help="write the result here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.warmup >= args.num_images:
+        p.error(
+            f"--warmup ({args.warmup}) must be under --num-images ({args.num_images}): growth is measured after it"
+        )
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.warmup,
         result["rss_peak_mib"],
         result["rss_last_mib"],
-        result["growth_mib_per_1000_images"],
+        result["rss_growth_mib_per_1000_images"],
     )
     return verdict(result, args.max_growth)
 

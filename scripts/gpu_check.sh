@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The GPU session in one command (see docs/benchmarks.md, "Running the GPU checks"): builds the
 # extension in place, runs every needs_cuda test, then afd-trt bench on the GPU against upstream
-# (fp32, fp16, the image path on and off, CUDA graphs, nvJPEG, Faster R-CNN). Everything lands
-# in $OUT (the device tool's folder; ./gpu-out elsewhere) as at most 5 files.
+# (fp32, fp16, the image path on and off, CUDA graphs, nvJPEG, Faster R-CNN), memory over 10,000
+# images (benchmarks/memory.py) and a bigger batch. Everything lands in $OUT (the device tool's
+# folder; ./gpu-out elsewhere) as four files: gpu_check.log, needs_cuda.log, bench.jsonl and
+# memory.json.
 #
 # Prepared here first by scripts/gpu_prepare.sh (the grid image and the oracle's wheel in .gpu/,
 # which the device tool carries). Overrides for a dry run on a CPU machine:
-#   DEVICE=cpu LOW_PRECISION=bf16 NUM_IMAGES=2 SIZE=320x192 BATCHES=2 BIG_BATCH= bash scripts/gpu_check.sh
+#   DEVICE=cpu LOW_PRECISION=bf16 NUM_IMAGES=2 SIZE=320x192 BATCHES=2 BIG_BATCH= MEMORY_IMAGES=8 \
+#     bash scripts/gpu_check.sh
 # (there the --cuda-graphs runs are refused with exit 2, as they should be).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +87,19 @@ for b in ${BATCHES:-16}; do
   bench "yolov3-$lp-b$b-graphs-nvjpeg" --batch-size "$b" --precision "$lp" --cuda-graphs --jpeg-decoder torchvision
   bench "faster-rcnn-$lp-b$b" --batch-size "$b" --precision "$lp" --face-detector faster-rcnn
 done
+mem_n=${MEMORY_IMAGES:-10000}
+echo "== memory over $mem_n images (benchmarks/memory.py)"
+t=$(limit "${MEMORY_SECONDS:-120}")
+if [ "$t" = 0 ]; then
+  echo "-- skipped, under a minute of the run's budget left"
+else
+  timeout "$t" "$py" benchmarks/memory.py --weights "$weights" --device "$device" --precision "$lp" \
+    --batch-size "${BATCHES%% *}" --num-images "$mem_n" --size "$size" \
+    --grid "$AFD_TRT_SHARED_DATA/tadne_grid_3072.jpg" --every $((mem_n >= 40 ? mem_n / 20 : 1)) \
+    --warmup $((mem_n / 10)) --max-seconds $((t - 40)) --json "$out/memory.json" 2>&1 |
+    grep -v "^INFO benchmarks.memory: [0-9]* images, RSS" | tail -n 5
+  echo "memory exit ${PIPESTATUS[0]}"
+fi
 big=${BIG_BATCH-32}
 # throughput only: no upstream comparison (its ratio is in the runs above), no latency pass
 [ -n "$big" ] && COMPARE=0 bench "yolov3-$lp-b$big-graphs-nvjpeg" --batch-size "$big" \

@@ -35,17 +35,29 @@ def test_summary_starts_after_the_warmup() -> None:
     assert s["rss_after_warmup_mib"] == 300
     assert s["rss_peak_mib"] == 301  # the warm-up's 400 MiB does not count
     assert s["rss_last_mib"] == 301
-    assert s["growth_mib_per_1000_images"] == pytest.approx(2.0, rel=1e-6)
-    assert len(s["samples"]) == 5
+    assert s["rss_growth_mib_per_1000_images"] == pytest.approx(2.0, rel=1e-6)
+    assert len(s["rss_samples"]) == 5
     # no sample after the warm-up: all of them
     assert memory.summarize(samples, warmup=5000)["rss_peak_mib"] == 400
+    assert memory.summarize(samples, warmup=500, what="gpu")["gpu_last_mib"] == 301
 
 
 @pytest.mark.parametrize(
-    ("growth", "failed", "status"), [(0.5, 0, 0), (1.5, 0, 1), (0.0, 1, 1), (-3.0, 0, 0)]
+    ("rss", "gpu", "failed", "status"),
+    [
+        (0.5, None, 0, 0),
+        (1.5, None, 0, 1),
+        (0.0, None, 1, 1),
+        (-3.0, None, 0, 0),
+        (0.5, 0.9, 0, 0),
+        (0.5, 1.2, 0, 1),
+    ],
 )
-def test_verdict(growth: float, failed: int, status: int) -> None:
-    assert memory.verdict({"growth_mib_per_1000_images": growth, "failed": failed}, 1.0) == status
+def test_verdict(rss: float, gpu: float | None, failed: int, status: int) -> None:
+    result = {"rss_growth_mib_per_1000_images": rss, "failed": failed}
+    if gpu is not None:
+        result["gpu_growth_mib_per_1000_images"] = gpu
+    assert memory.verdict(result, 1.0) == status
 
 
 def test_rss_is_this_process() -> None:
@@ -70,10 +82,47 @@ def test_a_short_run(seeded_weights: Callable[[int], dict[str, dict[str, Path]]]
     )  # fmt: skip
     assert rc == 0
     r = json.loads(out.read_text())
-    assert r["images"] == 8
+    assert r["images"] == r["images_asked"] == 8
     assert r["distinct_files"] == 5
     assert r["failed"] == 0
     assert 0 < r["faces"] <= 8
-    assert [n for n, _ in r["samples"]] == [0, 4, 8]
-    assert all(mib > 10 for _, mib in r["samples"])
+    assert [n for n, _ in r["rss_samples"]] == [0, 4, 8]
+    assert all(mib > 10 for _, mib in r["rss_samples"])
+    assert "gpu_samples" not in r  # on the CPU
     assert r["rss_peak_mib"] >= r["rss_last_mib"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-images", "100", "--warmup", "100"], "--warmup (100) must be under --num-images (100)"),
+        (["--max-seconds", "0"], "expected a number > 0, got '0'"),
+        (["--max-growth", "nan"], "expected a finite number, got 'nan'"),
+        (["--every", "0"], "expected an integer >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        memory.parse_args(args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_max_seconds_ends_the_stream_early(
+    seeded_weights: Callable[[int], dict[str, dict[str, Path]]], tmp_path: Path
+) -> None:
+    """Past --max-seconds the run stops at the next sample and reports the images it did."""
+    weights = seeded_weights(0)["yolov3"]["pth"].parent
+    out = tmp_path / "memory.json"
+    rc = memory.main(
+        [
+            "--weights", str(weights), "--num-images", "1000", "--distinct", "2", "--size", "96x64",
+            "--grid", str(TADNE_GRID), "--img-scale", "64", "--max-faces", "1", "--flip", "off",
+            "--every", "2", "--warmup", "0", "--max-seconds", "1e-9", "--max-growth", "1e9",
+            "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert (r["images"], r["images_asked"]) == (2, 1000)
+    assert [n for n, _ in r["rss_samples"]] == [0, 2]
