@@ -105,6 +105,22 @@ def generated_images(
     return out
 
 
+def write_generated_jpegs(
+    n: int, sizes: Sequence[tuple[int, int]], seed: int, grid_path: Path, directory: Path, prefix: str
+) -> list[Path]:
+    """:func:`generated_images` written as JPEG files (quality 95) ``<prefix>_<i>_<w>x<h>.jpg`` in
+    ``directory``, in order; a warning when the grid is absent (synthetic scenes instead)."""
+    if not grid_path.is_file():
+        logger.warning("%s: %s not found, using synthetic images", prefix, grid_path)
+    paths = []
+    for i, img in enumerate(generated_images(n, sizes, seed, grid_path)):
+        path = directory / f"{prefix}_{i:05d}_{img.shape[1]}x{img.shape[0]}.jpg"
+        if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            raise OSError(f"{prefix}: could not write {path}")
+        paths.append(path)
+    return paths
+
+
 def percentiles_ms(xs: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/mean in milliseconds of durations in seconds ({} when empty)."""
     if not xs:
@@ -289,15 +305,7 @@ def _image_paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
     if args.images is not None:
         return sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
     grid = args.grid if args.grid is not None else default_grid()
-    if not grid.is_file():
-        logger.warning("bench: %s not found, using synthetic images", grid)
-    paths = []
-    for i, img in enumerate(generated_images(args.num_images, parse_sizes(args.size), args.seed, grid)):
-        path = tmp / f"bench_{i:05d}_{img.shape[1]}x{img.shape[0]}.jpg"
-        if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-            raise OSError(f"bench: could not write {path}")
-        paths.append(path)
-    return paths
+    return write_generated_jpegs(args.num_images, parse_sizes(args.size), args.seed, grid, tmp, "bench")
 
 
 def _command() -> str | None:

@@ -35,13 +35,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 import afd_trt
 from afd_trt.argtypes import int_at_least, number
-from afd_trt.bench import default_grid, generated_images, parse_sizes
+from afd_trt.bench import default_grid, parse_sizes, write_generated_jpegs
 from afd_trt.config import load_config
 
 logger = logging.getLogger("benchmarks.memory")
@@ -85,17 +84,6 @@ def verdict(result: dict[str, Any], max_growth: float) -> int:
     return 1 if result["failed"] or max(growth) > max_growth else 0
 
 
-def _paths(args: argparse.Namespace, tmp: Path) -> list[Path]:
-    grid = args.grid if args.grid is not None else default_grid()
-    out = []
-    for i, img in enumerate(generated_images(args.distinct, parse_sizes(args.size), args.seed, grid)):
-        path = tmp / f"mem_{i:03d}.jpg"
-        if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-            raise OSError(f"could not write {path}")
-        out.append(path)
-    return out
-
-
 def _detector(args: argparse.Namespace, weights: Path) -> afd_trt.Detector:
     config = load_config(args.detector)
     if args.img_scale is not None:
@@ -126,7 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             weights = tmp / "weights"
         else:
             weights = args.weights
-        paths = _paths(args, tmp)
+        grid = args.grid if args.grid is not None else default_grid()
+        paths = write_generated_jpegs(args.distinct, parse_sizes(args.size), args.seed, grid, tmp, "memory")
         det = _detector(args, weights)
 
         def inputs() -> Iterator[str]:
