@@ -27,7 +27,7 @@ from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, empty_cache, supports_graphs
 from .device_ops import Pixels, is_out_of_memory, to_host, with_index
-from .engines import Engine, Network, create_engine
+from .engines import Engine, Network, create_engine, keeps_eager_arithmetic
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
 from .image import ImageInput, load_image, max_pixels_limit
 from .landmarks import LandmarkEstimator
@@ -331,8 +331,9 @@ class Detector:
             lm_cfg, engine("hrnetv2", lm_model, lm_cfg), max_batch=max_batch, threads=threads
         )
         # Upstream's separate forward of the mirrored crops only matters where we match it bit
-        # for bit (eager fp32 on the CPU); elsewhere one forward of both halves is cheaper.
-        exact = self.device.type == "cpu" and self.engines["hrnetv2"] == "torch" and precision == "fp32"
+        # for bit (eager or exact TorchScript, fp32 on the CPU); elsewhere one forward of both
+        # halves is cheaper.
+        exact = keeps_eager_arithmetic(self.engines["hrnetv2"], self.device, precision)
         self.landmarks.fuse_flip = not exact
         self.landmarks.exact_crops = exact
         self.device_pipeline = (

@@ -69,9 +69,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Bumped when what afd_trt writes into an engine changes: every older entry becomes stale.
-2: reduced-precision TorchScript is traced channels-last."""
+2: reduced-precision TorchScript is traced channels-last. 3: fp32 TorchScript on the CPU keeps
+eager's arithmetic (no BatchNorm folding)."""
 
 T = TypeVar("T")
 

@@ -240,13 +240,13 @@ class LandmarkEstimator:
         """Run the mirrored crops in the same network batch as the crops (one forward of 2N
         instead of two of N): fewer launches, but not upstream's batch composition, so the last
         bits of the heatmaps may change; :class:`~afd_trt.Detector` turns it on except for the
-        bit-exact CPU path (eager fp32)."""
+        bit-exact CPU path (eager or exact TorchScript at fp32)."""
         self.exact_crops = True
         """Whether the device path's crops must be the installed OpenCV's ``warpAffine`` values
         even where no C++ model reproduces them (:attr:`warp_mode` ``"cv2"``: they are then made
         on the host and uploaded). :class:`~afd_trt.Detector` sets it False where results are
-        not bit-exact anyway (all but eager fp32 on the CPU): the device then warps with the
-        ``"opencv5"`` model (OpenCV's own kernel, which IPP's rounding departs from on about 1
+        not bit-exact anyway (all but eager and exact TorchScript at fp32 on the CPU): the device
+        then warps with the ``"opencv5"`` model (OpenCV's own kernel, which IPP's rounding departs from on about 1
         value in 10,000), so images stay on the device and no host warp serialises a GPU stream.
         """
         self.crop_device: torch.device | None = None

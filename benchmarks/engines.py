@@ -1,4 +1,4 @@
-"""Per-network engine timings: every backend and precision at the pipeline's shapes.
+"""Per-network engine timings: every backend and precision at the pipeline's shapes and layouts.
 
 This is the measurement behind ``afd_trt.engines.AUTO_CPU`` (which backend ``backend="auto"``
 takes per network and precision); re-run it to re-derive the table on another machine::
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for name in args.networks:
         net = _network(name, args.weights)
         x = torch.rand(SHAPES[name], generator=torch.Generator().manual_seed(0))
+        if name == "hrnetv2":  # the pipeline's crops are channels-last (upstream's layout)
+            x = x.contiguous(memory_format=torch.channels_last)
         eager = create_engine("torch", net, cpu)
         want = eager(x)
         base = None

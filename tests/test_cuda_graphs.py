@@ -314,7 +314,7 @@ def test_failed_capture_leaves_the_wrapper_and_the_allocator_usable() -> None:
 @pytest.mark.usefixtures("no_tf32")
 def test_torchscript_engine() -> None:
     io = NetworkIO("x", ("map", "mean"), (0,), (0,), (2, *SHAPE))
-    module = optimize_torchscript(trace_torchscript(_net(), io, CUDA), io, CUDA)
+    module = optimize_torchscript(trace_torchscript(_net(), io, CUDA), CUDA)
     eager = TorchScriptEngine(module, CUDA)
     graphed = CudaGraphEngine(eager, CUDA)
     assert graphed.name == "torchscript"
