@@ -229,7 +229,9 @@ class Detector:
         device: ``"cpu"``, ``"cuda:0"``, ... or ``"auto"`` (a GPU when present).
         flip_test: average the landmarks with those of the mirrored crops (upstream default).
         box_scale_factor: detected boxes are enlarged by this factor before landmarks.
-        backend: network runner, one of ``afd_trt.engines.ENGINES`` or ``"auto"`` (fastest per network).
+        backend: network runner, one of ``afd_trt.engines.ENGINES`` or ``"auto"`` (fastest per
+            network). ``"torch"`` and ``"torchscript"`` give upstream's answers bit for bit on the
+            CPU at fp32; the others agree within the tolerances of the README.
         face_detector_config / landmark_config: a config name, TOML path or config object,
             overriding the packaged ``configs/`` files.
         download: allow downloading released weights when not found locally.
