@@ -246,11 +246,17 @@ def test_device_path_with_cv2_warp_sends_host_crops(weights: Weights) -> None:
 
 
 def test_inexact_device_path_warps_on_the_device(weights: Weights) -> None:
-    """Where results are not bit-exact anyway (here TorchScript), an OpenCV that no model
+    """Where results are not bit-exact anyway (here ONNX Runtime), an OpenCV that no model
     reproduces does not send the device path's crops through the host: the device warps with
-    the "opencv5" model, and the host path still calls cv2."""
+    the "opencv5" model, and the host path still calls cv2. Eager and TorchScript fp32 on the
+    CPU are the bit-exact path, which keeps cv2's crops."""
+    for exact in ("torch", "torchscript"):
+        det = afd_trt.Detector(
+            None, None, weights["hrnetv2"]["pth"], device="cpu", device_pipeline=True, backend=exact
+        )
+        assert det.landmarks.exact_crops, exact
     det = afd_trt.Detector(
-        None, None, weights["hrnetv2"]["pth"], device="cpu", device_pipeline=True, backend="torchscript"
+        None, None, weights["hrnetv2"]["pth"], device="cpu", device_pipeline=True, backend="onnxruntime"
     )
     assert not det.landmarks.exact_crops
     det.landmarks.warp_mode = "cv2"
