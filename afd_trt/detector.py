@@ -27,7 +27,7 @@ from . import jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, empty_cache, supports_graphs
 from .device_ops import Pixels, is_out_of_memory, to_host, with_index
-from .engines import Engine, Network, create_engine, keeps_eager_arithmetic
+from .engines import Engine, Network, create_engine, keeps_eager_arithmetic, resolve_precision
 from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDetector
 from .image import ImageInput, load_image, max_pixels_limit
 from .landmarks import LandmarkEstimator
@@ -239,9 +239,11 @@ class Detector:
         max_batch: largest landmark batch (faces, before flip doubling) per network call.
         engine_cache: directory of built engines (default ``$AFD_TRT_CACHE/engines`` or
             ``~/.cache/afd_trt/engines``); see ``afd_trt.engine_cache``.
-        precision: ``"fp32"`` (upstream's exact answers on the CPU), or opt-in ``"bf16"`` (torch
-            and torchscript backends; on CPUs with AVX512-BF16/AMX) or ``"fp16"`` (CUDA: torch,
-            torchscript and tensorrt), which deviate slightly from upstream.
+        precision: ``"fp32"`` (upstream's exact answers on the CPU), or opt-in ``"bf16"`` (torch,
+            torchscript and openvino backends; on CPUs with AVX512-BF16/AMX, elsewhere emulated
+            and slower, so ``backend="auto"`` runs fp32 there: :attr:`precision` says) or
+            ``"fp16"`` (CUDA: torch, torchscript and tensorrt), which deviate slightly from
+            upstream.
         max_pixels: image files declaring more pixels are refused before decoding (default
             ``$AFD_TRT_MAX_PIXELS`` or ``afd_trt.image.DEFAULT_MAX_PIXELS``, 400 Mpx).
         device_pipeline: keep image work on the network's device (default: on for CUDA): each
@@ -315,6 +317,10 @@ class Detector:
         lm_path = resolve_checkpoint(lm_cfg.weights, landmark_checkpoint, download=download)
         lm_model = self._load_model("hrnetv2", lm_path)
 
+        precision = resolve_precision(backend, self.device, precision)
+        self.precision = precision
+        """The precision the networks run at (``"auto"`` at bf16 on a CPU without native bf16 runs
+        fp32, see :func:`afd_trt.engines.resolve_precision`)."""
         self.engines: dict[str, str] = {}
         """The backend running each network, by network name (``"auto"`` resolved)."""
 

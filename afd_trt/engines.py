@@ -1001,10 +1001,31 @@ def _create_torch(net: Network, device: torch.device, precision: str, cache: Eng
     return TorchEngine(net.module, device, precision)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def warn_if_slow_bf16(device: torch.device) -> None:
     """bf16 convolutions on a CPU without AVX512-BF16/AMX are emulated and slower than fp32."""
-    if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and not cpu_has_bf16():
         logger.warning("precision 'bf16' on a CPU without AVX512-BF16/AMX: slower than fp32 here")
+
+
+def resolve_precision(backend: str, device: torch.device, precision: str) -> str:
+    """The precision ``backend`` runs at on ``device``: ``precision``, except that ``"auto"`` asked
+    for bf16 on a CPU without AVX512-BF16/AMX runs fp32 (with a warning). There bf16 is emulated:
+    on a 2-core AVX2 EPYC (2026-12-04, ``benchmarks/engines.py``) torch and TorchScript bf16 were
+    6-8x slower than fp32 for every network, and OpenVINO, asked for bf16, compiles float32 anyway.
+    ``auto`` promises the fastest engine for the device, so it runs the fp32 ones. A backend named
+    explicitly keeps the precision asked for."""
+    if backend == "auto" and precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        logger.warning(
+            "backend 'auto' with precision 'bf16' on a CPU without AVX512-BF16/AMX runs fp32: "
+            "bf16 would be emulated here, several times slower"
+        )
+        return "fp32"
+    return precision
 
 
 EngineFactory = Callable[[Network, torch.device, str, EngineCache], Engine]
@@ -1079,7 +1100,9 @@ def create_engine(
     cache: EngineCache | str | Path | None = None,
 ) -> Engine:
     """The engine named ``backend`` (a key of :data:`ENGINES`, or ``"auto"``) for ``network`` on
-    ``device``, built into / loaded from ``cache`` (default :func:`default_engine_cache_dir`)."""
+    ``device``, built into / loaded from ``cache`` (default :func:`default_engine_cache_dir`), at
+    :func:`resolve_precision`'s precision."""
+    precision = resolve_precision(backend, device, precision)
     name = resolve_backend(backend, network.name, device, precision)
     try:
         factory = ENGINES[name]

@@ -75,7 +75,14 @@ def build(
     from afd_trt.config import load_config
     from afd_trt.detector import resolve_device
     from afd_trt.engine_cache import EngineCache
-    from afd_trt.engines import BACKENDS, BackendUnavailableError, create_engine, networks_of, resolve_backend
+    from afd_trt.engines import (
+        BACKENDS,
+        BackendUnavailableError,
+        create_engine,
+        networks_of,
+        resolve_backend,
+        resolve_precision,
+    )
     from afd_trt.models import build_model
     from afd_trt.weights import load_checkpoint, resolve_checkpoint
 
@@ -90,12 +97,14 @@ def build(
         load_checkpoint(module, path)
         for net in networks_of(model_name, module.eval(), cfg):
             for requested in backends:
-                for precision in precisions:
+                for asked in precisions:
+                    precision = resolve_precision(requested, dev, asked)
                     backend = resolve_backend(requested, net.name, dev, precision)
                     rec: dict[str, Any] = {
                         "network": net.name,
                         "backend": backend,
                         "precision": precision,
+                        "requested_precision": asked,
                         "device": str(dev),
                     }
                     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,11 +36,13 @@ from afd_trt.engines import (
     _cuda_device_id,
     _engine_input,
     cached_onnx,
+    cpu_has_bf16,
     create_engine,
     export_shape,
     load_engine_file,
     ort_providers,
     resolve_backend,
+    resolve_precision,
     strongly_typed_network_flags,
     trace_torchscript,
 )
@@ -404,7 +407,40 @@ def test_auto_engine_is_the_chosen_backend(networks: dict[str, Network], cache_d
     engine = create_engine("auto", networks["faster-rcnn-box-head"], CPU, cache=cache_dir)
     assert engine.name == AUTO_CPU["fp32"]["faster-rcnn-box-head"][0]
     engine = create_engine("auto", networks["hrnetv2"], CPU, precision="bf16", cache=cache_dir)
-    assert engine.name == AUTO_CPU["bf16"]["hrnetv2"][0]
+    assert engine.name == AUTO_CPU[resolve_precision("auto", CPU, "bf16")]["hrnetv2"][0]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_auto_runs_fp32_where_bf16_would_be_emulated(
+    native: bool,
+    networks: dict[str, Network],
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``auto`` at bf16 on a CPU without AVX512-BF16/AMX (oneDNN's answer stood in for, as on the
+    two kinds of development CPU) runs fp32, the faster there, and says so; a backend named
+    explicitly, another precision or another device keep what was asked for."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert cpu_has_bf16() is native
+    with caplog.at_level(logging.WARNING, logger="afd_trt.engines"):
+        assert resolve_precision("auto", CPU, "bf16") == ("bf16" if native else "fp32")
+    assert ("runs fp32" in caplog.text) is not native
+    for backend in ("torch", "torchscript", "openvino"):
+        assert resolve_precision(backend, CPU, "bf16") == "bf16"
+    assert resolve_precision("auto", CPU, "fp32") == "fp32"
+    assert resolve_precision("auto", torch.device("cuda"), "bf16") == "bf16"
+    if not native:
+        # The box head's first bf16 choice is eager torch, 7.5x slower than fp32 where emulated:
+        # the engine made is the fp32 table's, at fp32 (eager's outputs within ONNX's tolerance).
+        net = networks["faster-rcnn-box-head"]
+        engine = create_engine("auto", net, CPU, precision="bf16", cache=cache_dir)
+        assert engine.name == AUTO_CPU["fp32"]["faster-rcnn-box-head"][0] != "torch"
+        x = torch.randn(SHAPES[net.name][1])
+        with torch.no_grad():
+            want = net.module(x)
+        for g, w in zip(engine(x), want, strict=True):
+            assert float((g - w).abs().max()) <= 1e-4 * float(w.abs().max())
 
 
 # The fp16 ONNX model TensorRT builds its fp16 plans from (TensorRT 11 builds only strongly typed

@@ -321,17 +321,21 @@ def test_build_auto_resolves_per_precision_and_detector_reuses_it(
     checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``afd-trt build --backends auto`` builds, per precision, what ``Detector(backend="auto")``
-    then loads without rebuilding: the backend named first in AUTO_CPU for that precision."""
+    then loads without rebuilding: the backend named first in AUTO_CPU for that precision (bf16
+    only on a CPU that computes it natively: elsewhere ``auto`` runs fp32, and both say so)."""
     from afd_trt.cli import main as cli_main
-    from afd_trt.engines import AUTO_CPU
+    from afd_trt.engines import AUTO_CPU, cpu_has_bf16
 
     args = ["build", "--models", "hrnetv2", "--backends", "auto", "--precisions", "fp32", "bf16"]
     args += ["--device", "cpu", "--cache-dir", str(tmp_path), "--no-download"]
     args += ["--checkpoint", f"hrnetv2={checkpoints['hrnetv2']}"]
     assert cli_main(["--log-level", "ERROR", *args]) == 0
-    records = {r["precision"]: r for r in json.loads(capsys.readouterr().out)}
+    records = {r["requested_precision"]: r for r in json.loads(capsys.readouterr().out)}
+    low = "bf16" if cpu_has_bf16() else "fp32"
+    assert records["fp32"]["precision"] == "fp32"
+    assert records["bf16"]["precision"] == low
     for precision in ("fp32", "bf16"):
-        assert records[precision]["backend"] == AUTO_CPU[precision]["hrnetv2"][0]
+        assert records[precision]["backend"] == AUTO_CPU[records[precision]["precision"]]["hrnetv2"][0]
         assert Path(records[precision]["path"]).is_file()
     assert records["fp32"]["status"] == "built"
     # An ONNX runtime at both precisions (OpenVINO) runs the one ONNX model built for fp32.
@@ -347,7 +351,8 @@ def test_build_auto_resolves_per_precision_and_detector_reuses_it(
         download=False,
         engine_cache=tmp_path,
     )
-    assert det.engines == {"hrnetv2": AUTO_CPU["bf16"]["hrnetv2"][0]}
+    assert det.precision == low
+    assert det.engines == {"hrnetv2": AUTO_CPU[low]["hrnetv2"][0]}
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
     faces = det(IMAGES[0], boxes=[[20.0, 30.0, 150.0, 170.0]])
     assert faces[0]["keypoints"].shape == (28, 3)
