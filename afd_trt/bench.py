@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.metadata
 import json
 import logging
 import os
@@ -314,9 +315,38 @@ def _command() -> str | None:
     return "afd-trt bench " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("bench") + 1 :])
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` text (read when None), else the platform's
+    processor or machine name."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def _runtime_versions() -> dict[str, str]:
+    """Versions of the optional engine runtimes that are installed, by distribution name."""
+    out = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
 def _machine(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        # the vector ISA torch dispatches to (AVX512 / AVX2 / DEFAULT ...): the fp32 kernels and
+        # their speed differ by it, so figures from two machines compare only with it alike
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
@@ -324,6 +354,7 @@ def _machine(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "opencv": cv2.__version__,
         "numpy": np.__version__,
+        **_runtime_versions(),
         "device": str(device),
     }
     if device.type == "cuda":
@@ -370,6 +401,9 @@ def _table(result: dict[str, Any]) -> str:
         f"device {result['machine']['device']}, flip {result['flip_test']}, {result['images']} images "
         f"({result['size']}), {result['faces']} faces"
     ]
+    m = result["machine"]
+    where = m.get("gpu") or f"{m.get('cpu')}, {m.get('cpu_isa')}, {m.get('torch_threads')} threads"
+    rows.append(f"  machine: {where}")
     lat = result.get("latency")
     if lat:
         rows.append(

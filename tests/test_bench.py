@@ -3,7 +3,9 @@ oracle), size parsing, and the FLOP counts checked against a hand count of the c
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +111,9 @@ def test_bench_against_upstream(
     assert r["latency"]["p50_ms"] > 0
     assert r["upstream"]["p99_ms"] >= r["upstream"]["p50_ms"]
     assert r["machine"]["torch"] == torch.__version__
+    assert r["machine"]["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
+    assert r["machine"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    assert r["precision"] == r["requested_precision"] == "fp32"
     assert r["backend"] == "torch"
     assert r["engines"] == {"hrnetv2": "torch", "yolov3": "torch"}
     assert r["device_pipeline"] is bool(pipeline)
@@ -290,3 +295,10 @@ def test_cli_commands_refuse_a_file_where_a_directory_goes(
     )
     assert f"--cache-dir {a_file} is not a directory" in caplog.text
     assert a_file.read_text() == "x"
+
+
+def test_cpu_model_reads_proc_cpuinfo_and_falls_back() -> None:
+    text = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t: fpu avx2\n"
+    assert bench.cpu_model(text) == "AMD EPYC 9B14"
+    assert bench.cpu_model("processor\t: 0\nmodel name\t:\n") == (platform.processor() or platform.machine())
+    assert bench.cpu_model()  # this machine's, whatever it is
