@@ -342,6 +342,8 @@ def _runtime_versions() -> dict[str, str]:
 
 
 def _machine(device: torch.device) -> dict[str, Any]:
+    from .engines import cpu_has_bf16
+
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         # the vector ISA torch dispatches to (AVX512 / AVX2 / DEFAULT ...): the fp32 kernels and
@@ -349,7 +351,7 @@ def _machine(device: torch.device) -> dict[str, Any]:
         "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "bf16_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "bf16_cpu": cpu_has_bf16(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "opencv": cv2.__version__,
