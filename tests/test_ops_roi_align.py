@@ -3,6 +3,7 @@ SingleRoIExtractor and a numpy reference."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -136,6 +137,27 @@ def test_multilevel_roi_align_matches_oracle_and_reference(seed: int) -> None:
     np.testing.assert_allclose(
         ours, ref_multilevel_roi_align(**multilevel_kwargs(feats, rois)), rtol=0, atol=REF_ATOL
     )
+
+
+def test_multilevel_roi_align_concurrent_calls_each_get_their_own_maps() -> None:
+    """The transposed level maps live in scratch buffers that calls hand back to a pool and later
+    calls reuse, larger ones for smaller maps too. Calls from several threads at once (the GIL is
+    released), over maps of six sizes, each give what a lone call gives, bit for bit, and the
+    reference's values: no call reads another's map or a stale part of a reused buffer."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for k in range(6):
+        pad_hw = (96 + 32 * (k % 3), 224 - 32 * k)
+        feats = fpn_feats(rng, pad_hw, 24 + 8 * k)
+        cases.append(multilevel_kwargs(feats, mixed_rois(rng, pad_hw[1], pad_hw[0], 40)))
+    alone = [ops.multilevel_roi_align(**kw) for kw in cases]
+    for kw, out in zip(cases, alone, strict=True):
+        np.testing.assert_allclose(out, ref_multilevel_roi_align(**kw), rtol=0, atol=REF_ATOL)
+    order = [i for _ in range(4) for i in rng.permutation(len(cases))]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda i: ops.multilevel_roi_align(**cases[i]), order))
+    for i, out in zip(order, together, strict=True):
+        assert np.array_equal(out, alone[i]), i
 
 
 @pytest.mark.parametrize(
