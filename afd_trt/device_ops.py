@@ -401,8 +401,7 @@ def normalize_pad(
         pad_shape: (Hp, Wp) >= (h, w); zeros below and right.
 
     Returns:
-        float32 (3, Hp, Wp) RGB, contiguous; equal to ``prepare_detector_input(...).tensor``
-        transposed to channels first.
+        float32 (3, Hp, Wp) RGB, contiguous; equal to ``prepare_detector_input(...).tensor``.
     """
     h, w = int(resized.shape[0]), int(resized.shape[1])
     hp, wp = pad_shape

@@ -69,6 +69,8 @@ def _stack(
                 for i in idx
             ]
         )
+    if len(idx) == 1:
+        return torch.from_numpy(np.ascontiguousarray(_host_input(inputs[idx[0]], cfg)[None]))
     return torch.from_numpy(np.ascontiguousarray(np.stack([_host_input(inputs[i], cfg) for i in idx])))
 
 
@@ -76,7 +78,7 @@ def _host_input(inp: DetInput, cfg: InputConfig) -> np.ndarray:
     """float32 (3, Hp, Wp) view of a prepared input (normalised here if it was not yet)."""
     if inp.normalized:
         assert isinstance(inp.tensor, np.ndarray)
-        return inp.tensor.transpose(2, 0, 1)
+        return inp.tensor
     pixels = device_ops.upload(inp.tensor, torch.device("cpu"))
     return device_ops.normalize_pad(pixels, cfg.mean, cfg.std, inp.pad_shape).numpy()
 

@@ -18,7 +18,7 @@ from test_ops_warp import IMAGE_MEAN, IMAGE_STD, INSTALLED_MODEL, _case, opencv_
 import afd_trt
 from afd_trt import device_ops, ops
 from afd_trt.config import load_config
-from afd_trt.preprocess import prepare_detector_input
+from afd_trt.preprocess import normalize_pad_chw, prepare_detector_input
 
 Weights = dict[str, dict[str, Path]]
 FLIP_PAIRS = np.array(load_config("hrnetv2").flip_pairs, dtype=np.int64).reshape(-1, 2)
@@ -142,6 +142,24 @@ def test_flip_sources_last_pair_wins_and_errors() -> None:
 
 
 @pytest.mark.parametrize("model", ["yolov3", "faster-rcnn"])
+@pytest.mark.parametrize("size", [(1, 1), (29, 37), (352, 608), (750, 1333)])
+def test_normalize_pad_chw_is_upstreams_formula(model: str, size: tuple[int, int]) -> None:
+    """The host detector input, written plane by plane, holds exactly upstream's
+    ``(bgr[..., ::-1].astype(float32) - mean) / std`` in (H, W, 3), zero padded, transposed."""
+    cfg = load_config(model).input  # type: ignore[attr-defined]
+    bgr = np.random.default_rng(size[0]).integers(0, 256, (*size, 3), dtype=np.uint8)
+    pad = (size[0] + 5, size[1] + 31)
+    want = np.zeros((*pad, 3), np.float32)
+    mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    want[: size[0], : size[1]] = (bgr[:, :, ::-1].astype(np.float32) - mean) / std
+    got = normalize_pad_chw(bgr, cfg.mean, cfg.std, pad)
+    assert got.dtype == np.float32
+    assert got.shape == (3, *pad)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("model", ["yolov3", "faster-rcnn"])
 @pytest.mark.parametrize("size", [(720, 1280), (517, 389), (29, 37), (200, 1536), (333, 700)])
 def test_normalize_pad_equals_host_preprocessing(model: str, size: tuple[int, int]) -> None:
     cfg = load_config(model).input  # type: ignore[attr-defined]
@@ -154,7 +172,7 @@ def test_normalize_pad_equals_host_preprocessing(model: str, size: tuple[int, in
     assert raw.img_shape == host.img_shape
     np.testing.assert_array_equal(raw.scale_factor, host.scale_factor)
     got = device_ops.normalize_pad(torch.from_numpy(raw.tensor), cfg.mean, cfg.std, raw.pad_shape)
-    np.testing.assert_array_equal(got.numpy(), host.tensor.transpose(2, 0, 1))
+    np.testing.assert_array_equal(got.numpy(), host.tensor)
 
 
 def test_upload_to_cpu_copies_contiguously() -> None:
@@ -406,8 +424,7 @@ def test_tensor_images_prepare_like_arrays() -> None:
             if normalize
             else device_ops.normalize_pad(prep.tensor, cfg.mean, cfg.std, prep.pad_shape)
         )  # type: ignore[arg-type]
-        want = host.tensor if normalize else host.tensor.transpose(2, 0, 1)
-        np.testing.assert_array_equal(np.asarray(got), want)
+        np.testing.assert_array_equal(np.asarray(got), host.tensor)
 
 
 def test_out_of_memory_is_found_in_the_exception_chain() -> None:
