@@ -52,8 +52,8 @@ class DetInput:
     """One prepared image.
 
     Attributes:
-        tensor: float32 (3, Hp, Wp) normalised RGB, zero padded (the network input of one
-            image, NCHW-contiguous as upstream's convolutions receive it); or,
+        tensor: float32 (3, Hp, Wp) normalised RGB, zero padded, contiguous: the network input
+            of one image (see ``face_detection._stack`` for why this layout); or,
             prepared with ``normalize=False``, the resized BGR uint8 (h, w, 3) (a tensor on the
             image's device for an image decoded there), normalised and padded later where the
             network runs (``device_ops.normalize_pad``).
