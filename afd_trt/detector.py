@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import jpeg
+from . import host_memory, jpeg
 from .config import FasterRCNNConfig, HRNetConfig, ModelConfig, YOLOv3Config, load_config
 from .cuda_graphs import DEFAULT_BUCKETS, CudaGraphEngine, empty_cache, supports_graphs
 from .device_ops import Pixels, is_out_of_memory, to_host, with_index
@@ -260,6 +260,10 @@ class Detector:
             per input shape, the batch padded up to a power of two (``afd_trt.cuda_graphs``;
             HRNetV2's crops are always 256x256, so a handful of graphs serve every batch).
             Other backends run as they are. Off by default until measured on a GPU.
+
+    The first Detector of a process sets glibc's allocator to keep freed memory for reuse
+    instead of handing it back to the kernel after every call (``afd_trt.host_memory``; the same
+    results, faster on the CPU: :attr:`host_malloc`). ``AFD_TRT_MALLOC=system`` leaves it alone.
     """
 
     def __init__(
@@ -284,6 +288,9 @@ class Detector:
         jpeg_decoder: str = "opencv",
         cuda_graphs: bool = False,
     ) -> None:
+        self.host_malloc = host_memory.apply_setting()
+        """How the process's allocator keeps freed memory: ``"keep"`` or ``"system"`` (see
+        :mod:`afd_trt.host_memory`; applied once per process, by the first Detector)."""
         if max_pixels is not None:
             max_pixels_limit(max_pixels)  # validates
         self.max_pixels = max_pixels
