@@ -6,9 +6,10 @@ more sizes, e.g. ``--size realistic`` = 1280x720, 1920x1080, 512x512 and 3072x30
 Weights are the given checkpoints or seeded test weights. Two passes, warm-up excluded:
 
 1. **latency** (batch-1 mode): ``detector(path)`` per image; with ``--compare-upstream`` each
-   image then runs through upstream ``anime-face-detector`` 0.1.0 (same process, same files,
-   same checkpoints, interleaved), and the report gives both rates, their ratio and the worst
-   output deviation (also how far a ``bf16``/``fp16`` run is from fp32).
+   image then runs through upstream ``anime-face-detector`` 0.1.0 (same files, same checkpoints,
+   interleaved, in a child process of its own: see :class:`UpstreamProcess`), and the report
+   gives both rates, their ratio and the worst output deviation (also how far a
+   ``bf16``/``fp16`` run is from fp32).
 2. **throughput**: ``detector.stream(paths, batch_size=...)`` (decoding in worker threads),
    with per-stage times (``afd_trt.timing``), per-batch latency, and the networks' GFLOP and
    achieved GFLOP/s.
@@ -24,6 +25,7 @@ import copy
 import importlib.metadata
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import resource
@@ -35,7 +37,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
@@ -43,6 +45,9 @@ import torch
 
 from .argtypes import int_at_least
 from .detect_job import IMAGE_EXTS
+
+if TYPE_CHECKING:
+    from .detector import Detector
 
 __all__ = ["add_bench_args", "network_gflop", "run_bench"]
 
@@ -57,6 +62,87 @@ CHECKPOINTS = {
 }
 
 T = TypeVar("T")
+
+
+class UpstreamError(RuntimeError):
+    """Upstream failed on an image (its exception's type and message, from the child process)."""
+
+
+def _upstream_main(conn: Any, args: tuple[str, str, str, str, bool], threads: int) -> None:
+    """The child process of :class:`UpstreamProcess`: build upstream's ``LandmarkDetector``,
+    then answer each path sent with ``("ok", faces, seconds)`` or ``("error", message, 0.0)``
+    until ``None`` comes."""
+    torch.set_num_threads(threads)
+    try:
+        import anime_face_detector
+
+        lm_ckpt, detector, det_ckpt, device, flip = args
+        ref = anime_face_detector.LandmarkDetector(lm_ckpt, detector, det_ckpt, device=device, flip_test=flip)
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {e}", 0.0))
+        return
+    conn.send(("ok", None, 0.0))
+    while (path := conn.recv()) is not None:
+        try:
+            t0 = time.perf_counter()
+            faces = ref(path)  # numpy arrays: the device's work is done
+            took = time.perf_counter() - t0
+        except Exception as e:
+            conn.send(("error", f"{type(e).__name__}: {e}", 0.0))
+            continue
+        conn.send(("ok", faces, took))
+
+
+class UpstreamProcess:
+    """Upstream ``anime-face-detector`` 0.1.0 run in a child process of its own, as its users run
+    it: afd_trt's process-wide settings (the allocator's, ``afd_trt.host_memory``) are not
+    applied there, and its memory is not in our peak RSS. Same torch thread count as ours.
+
+    ``__call__(path)`` blocks until upstream is done with the image (the two never run at once)
+    and returns its faces and its own wall time for the call, without the transfer of the
+    results. Raises :class:`UpstreamError` for a failure on that image; a failure to start
+    (upstream not installed, a checkpoint it cannot read) raises it from the constructor.
+    """
+
+    def __init__(self, lm_ckpt: Path, detector: str, det_ckpt: Path, device: str, flip: bool) -> None:
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state of ours
+        self._conn, child = ctx.Pipe()
+        args = (str(lm_ckpt), detector, str(det_ckpt), device, flip)
+        self._proc = ctx.Process(
+            target=_upstream_main, args=(child, args, torch.get_num_threads()), name="upstream", daemon=True
+        )
+        self._proc.start()
+        child.close()
+        kind, message, _ = self._receive("starting")
+        if kind != "ok":
+            self.close()
+            raise UpstreamError(f"upstream could not start: {message}")
+
+    def _receive(self, doing: str) -> tuple[str, Any, float]:
+        try:
+            reply: tuple[str, Any, float] = self._conn.recv()
+        except EOFError:
+            raise UpstreamError(
+                f"upstream's process ended while {doing} (exit code {self._proc.exitcode})"
+            ) from None
+        return reply
+
+    def __call__(self, path: str) -> tuple[list[dict[str, np.ndarray]], float]:
+        self._conn.send(path)
+        kind, payload, took = self._receive(f"running {path}")
+        if kind != "ok":
+            raise UpstreamError(payload)
+        return payload, took
+
+    def close(self) -> None:
+        """Ask the child to end, and wait for it (killed after 10 s)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._conn.send(None)
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
 
 
 def default_grid() -> Path:
@@ -519,99 +605,120 @@ def run_bench(args: argparse.Namespace) -> int:
             return 2
         ref = None
         if args.compare_upstream:
-            import anime_face_detector
-
-            ref = anime_face_detector.LandmarkDetector(
-                lm_ckpt, args.face_detector, det_ckpt, device=str(device), flip_test=flip
-            )
-        # One unreadable or failing image is reported (``failed``) and left out, never the end of
-        # the run: each path's first failure is kept, by path.
-        failures: dict[str, str] = {}
-
-        def attempt(path: Path) -> list[Any] | None:
             try:
-                return ours(path)
-            except Exception as e:
-                failures.setdefault(str(path), str(e))
-                logger.warning("bench: %s", e)
-                return None
+                ref = UpstreamProcess(lm_ckpt, args.face_detector, det_ckpt, str(device), flip)
+            except UpstreamError as e:
+                logger.error("bench: --compare-upstream: %s", e)
+                return 2
+        try:
+            result = _run_passes(args, device, paths, ours, ref, flip, show)
+        finally:
+            if ref is not None:
+                ref.close()
+    if result is None:
+        return 1
+    print(_table(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 1 if result["failed"] else 0
 
-        upstream_failed: dict[str, str] = {}
-        warmed = 0
-        for path in paths:
-            if warmed >= args.warmup:
-                break
-            if attempt(path) is not None:
-                warmed += 1
-                if ref is not None:
-                    with contextlib.suppress(Exception):  # the latency pass reports it
-                        ref(str(path))
 
-        # 1. latency, batch 1, interleaved with upstream
-        t_ours: list[float] = []
-        t_ref: list[float] = []
-        worst = {"box_px": 0.0, "box_score": 0.0, "keypoint_px": 0.0, "keypoint_score": 0.0}
-        counts = {"pairs": 0, "unmatched_ours": 0, "unmatched_ref": 0}
-        dists: list[float] = []
-        if not args.skip_latency or ref is not None:
-            for path in _progress(paths, len(paths), "latency", show):
-                t0 = time.perf_counter()
-                got = attempt(path)
-                if got is None:
+def _run_passes(
+    args: argparse.Namespace,
+    device: torch.device,
+    paths: list[Path],
+    ours: Detector,
+    ref: UpstreamProcess | None,
+    flip: bool,
+    show: bool,
+) -> dict[str, Any] | None:
+    """The warm-up, latency and stream passes of :func:`run_bench`; the report, or None when no
+    image could be run."""
+    # One unreadable or failing image is reported (``failed``) and left out, never the end of
+    # the run: each path's first failure is kept, by path.
+    failures: dict[str, str] = {}
+
+    def attempt(path: Path) -> list[Any] | None:
+        try:
+            return ours(path)
+        except Exception as e:
+            failures.setdefault(str(path), str(e))
+            logger.warning("bench: %s", e)
+            return None
+
+    upstream_failed: dict[str, str] = {}
+    warmed = 0
+    for path in paths:
+        if warmed >= args.warmup:
+            break
+        if attempt(path) is not None:
+            warmed += 1
+            if ref is not None:
+                with contextlib.suppress(UpstreamError):  # the latency pass reports it
+                    ref(str(path))
+
+    # 1. latency, batch 1, interleaved with upstream
+    t_ours: list[float] = []
+    t_ref: list[float] = []
+    worst = {"box_px": 0.0, "box_score": 0.0, "keypoint_px": 0.0, "keypoint_score": 0.0}
+    counts = {"pairs": 0, "unmatched_ours": 0, "unmatched_ref": 0}
+    dists: list[float] = []
+    if not args.skip_latency or ref is not None:
+        for path in _progress(paths, len(paths), "latency", show):
+            t0 = time.perf_counter()
+            got = attempt(path)
+            if got is None:
+                continue
+            took = time.perf_counter() - t0
+            if ref is not None:
+                try:
+                    exp, took_ref = ref(str(path))
+                except UpstreamError as e:  # left out of the comparison, both timings with it
+                    upstream_failed[str(path)] = str(e)
+                    logger.warning("bench: upstream failed on %s (%s); left out of the comparison", path, e)
                     continue
-                took = time.perf_counter() - t0
-                if ref is not None:
-                    t0 = time.perf_counter()
-                    try:
-                        exp = ref(str(path))
-                    except Exception as e:  # left out of the comparison, both timings with it
-                        upstream_failed[str(path)] = f"{type(e).__name__}: {e}"
-                        logger.warning(
-                            "bench: upstream failed on %s (%s); left out of the comparison", path, e
-                        )
-                        continue
-                    t_ref.append(time.perf_counter() - t0)
-                    cmp = compare_faces(got, exp)
-                    worst = {k: max(v, cmp[k]) for k, v in worst.items()}
-                    counts = {k: v + cmp[k] for k, v in counts.items()}
-                    dists.extend(cmp["keypoint_dist"])
-                t_ours.append(took)
+                t_ref.append(took_ref)
+                cmp = compare_faces(got, exp)
+                worst = {k: max(v, cmp[k]) for k, v in worst.items()}
+                counts = {k: v + cmp[k] for k, v in counts.items()}
+                dists.extend(cmp["keypoint_dist"])
+            t_ours.append(took)
 
-        # 2. throughput, the stream, with stage times. On a GPU, timing a stage synchronises the
-        # device around it, which stops host and device work from overlapping: there the rate
-        # comes from an untimed pass and the stage times from a second, timed one.
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        batch = args.batch_size if args.batch_size is not None else ours.default_batch_size
-        stages_apart = ours.timings.synchronizes
-        results, batch_times, wall = _stream_pass(
-            ours, paths, batch, args.workers, show, "stream", timed=not stages_apart
-        )
-        if stages_apart:
-            _stream_pass(ours, paths, batch, args.workers, show, "stages (synchronised)", timed=True)
-        for r in results:
-            if not r.ok:
-                failures.setdefault(str(r.source), str(r.error))
-        failed = list(failures.values())
-        n_ok = sum(1 for r in results if r.ok)
-        if n_ok == 0:
-            logger.error("bench: no image could be run (%d failed)", len(failed))
-            return 1
-        faces = sum(len(r.faces or []) for r in results)
-        gflop = _flops(ours, paths, results, flip)
-        stages: dict[str, dict[str, float]] = {}
-        for name, sec in ours.timings.seconds().items():
-            s: dict[str, float] = {"seconds": sec, "ms_per_image": 1000 * sec / n_ok}
-            if name in gflop:
-                s["gflop"] = gflop[name]
-                s["gflop_per_s"] = gflop[name] / sec if sec > 0 else 0.0
-            stages[name] = s
+    # 2. throughput, the stream, with stage times. On a GPU, timing a stage synchronises the
+    # device around it, which stops host and device work from overlapping: there the rate
+    # comes from an untimed pass and the stage times from a second, timed one.
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    batch = args.batch_size if args.batch_size is not None else ours.default_batch_size
+    stages_apart = ours.timings.synchronizes
+    results, batch_times, wall = _stream_pass(
+        ours, paths, batch, args.workers, show, "stream", timed=not stages_apart
+    )
+    if stages_apart:
+        _stream_pass(ours, paths, batch, args.workers, show, "stages (synchronised)", timed=True)
+    for r in results:
+        if not r.ok:
+            failures.setdefault(str(r.source), str(r.error))
+    failed = list(failures.values())
+    n_ok = sum(1 for r in results if r.ok)
+    if n_ok == 0:
+        logger.error("bench: no image could be run (%d failed)", len(failed))
+        return None
+    faces = sum(len(r.faces or []) for r in results)
+    gflop = _flops(ours, paths, results, flip)
+    stages: dict[str, dict[str, float]] = {}
+    for name, sec in ours.timings.seconds().items():
+        s: dict[str, float] = {"seconds": sec, "ms_per_image": 1000 * sec / n_ok}
+        if name in gflop:
+            s["gflop"] = gflop[name]
+            s["gflop_per_s"] = gflop[name] / sec if sec > 0 else 0.0
+        stages[name] = s
 
     sizes = sorted({p.stem.rsplit("_", 1)[-1] for p in paths}) if args.images is None else ["(directory)"]
     result: dict[str, Any] = {
         "command": _command(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": _machine(device),
+        "machine": {**_machine(device), "malloc": ours.host_malloc},
         "images": n_ok,
         "size": ",".join(sizes),
         "faces": faces,
@@ -642,9 +749,9 @@ def run_bench(args: argparse.Namespace) -> int:
     # Kept for scripts reading earlier reports: the headline rate (the stream's).
     result["afd_trt"] = {"images_per_s": result["throughput"]["images_per_s"]}
     if device.type == "cuda":
-        # torch's allocator only: TensorRT's and ONNX Runtime's own memory is not in it, and with
-        # --compare-upstream upstream's models are. The device's whole use (every runtime, every
-        # process) after the stream is beside it.
+        # torch's allocator only: TensorRT's and ONNX Runtime's own memory is not in it (nor
+        # upstream's, which runs in a process of its own). The device's whole use (every runtime,
+        # every process, upstream's too) after the stream is beside it.
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         free, total = torch.cuda.mem_get_info(device)
         result["gpu_used_mb"] = (total - free) / 2**20
@@ -667,7 +774,4 @@ def run_bench(args: argparse.Namespace) -> int:
             and worst["box_score"] <= 1e-5 and worst["keypoint_score"] <= 1e-4
         )  # fmt: skip
         result["outputs_identical"] = same_faces and not any(worst.values())
-    print(_table(result))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 1 if failed else 0
+    return result

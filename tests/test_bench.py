@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from paths import TADNE_GRID
 
-from afd_trt import bench
+from afd_trt import bench, host_memory
 from afd_trt.cli import main
 from afd_trt.models import build_model
 from afd_trt.timing import StageTimes
@@ -113,12 +115,47 @@ def test_bench_against_upstream(
     assert r["machine"]["torch"] == torch.__version__
     assert r["machine"]["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
     assert r["machine"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    assert r["machine"]["malloc"] == host_memory.malloc_setting()  # applied by the first Detector
     assert r["precision"] == r["requested_precision"] == "fp32"
     assert r["backend"] == "torch"
     assert r["engines"] == {"hrnetv2": "torch", "yolov3": "torch"}
     assert r["device_pipeline"] is bool(pipeline)
     assert r["jpeg_decoder"] == ("torchvision" if pipeline else "opencv")
     assert r["cuda_graphs"] is False
+
+
+def test_upstream_runs_in_a_process_of_its_own_and_a_failure_is_named(
+    seeded_weights: Callable[[int], Weights], tmp_path: Path
+) -> None:
+    """The bench's upstream child: upstream's own answer for an image, from another process;
+    an unreadable image is that image's error and the child goes on; a checkpoint upstream cannot
+    read stops it at the start, with upstream's reason."""
+    afd = pytest.importorskip("anime_face_detector")
+    w = seeded_weights(0)
+    lm, det = w["hrnetv2"]["pth"], w["yolov3"]["pth"]
+    image = tmp_path / "window.jpg"
+    window = cv2.imread(str(TADNE_GRID), cv2.IMREAD_COLOR)[:360, :640]
+    assert cv2.imwrite(str(image), window)
+    ref = bench.UpstreamProcess(lm, "yolov3", det, "cpu", True)
+    try:
+        assert ref._proc.pid != os.getpid()
+        assert ref._proc.is_alive()
+        faces, took = ref(str(image))
+        with pytest.raises(bench.UpstreamError, match=r"^\w+(Error|Exception): "):
+            ref(str(tmp_path / "missing.jpg"))
+        again, _ = ref(str(image))  # still serving after a failure
+    finally:
+        ref.close()
+    assert not ref._proc.is_alive()
+    assert took > 0
+    expected = afd.LandmarkDetector(lm, "yolov3", det, device="cpu")(str(image))
+    assert len(faces) == len(expected) == len(again) > 0
+    for got, exp, rerun in zip(faces, expected, again, strict=True):
+        np.testing.assert_array_equal(got["bbox"], exp["bbox"])
+        np.testing.assert_array_equal(got["keypoints"], exp["keypoints"])
+        np.testing.assert_array_equal(rerun["keypoints"], exp["keypoints"])
+    with pytest.raises(bench.UpstreamError, match=r"upstream could not start: .*nowhere\.pth"):
+        bench.UpstreamProcess(lm, "yolov3", tmp_path / "nowhere.pth", "cpu", True)
 
 
 def test_bench_reports_a_bad_image_and_times_the_rest(
