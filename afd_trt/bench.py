@@ -128,7 +128,12 @@ class UpstreamProcess:
         return reply
 
     def __call__(self, path: str) -> tuple[list[dict[str, np.ndarray]], float]:
-        self._conn.send(path)
+        try:
+            self._conn.send(path)
+        except OSError as e:  # the child is gone (killed, out of memory): every call says so
+            raise UpstreamError(
+                f"upstream's process is gone (exit code {self._proc.exitcode}): {e}"
+            ) from None
         kind, payload, took = self._receive(f"running {path}")
         if kind != "ok":
             raise UpstreamError(payload)

@@ -128,8 +128,9 @@ def test_upstream_runs_in_a_process_of_its_own_and_a_failure_is_named(
     seeded_weights: Callable[[int], Weights], tmp_path: Path
 ) -> None:
     """The bench's upstream child: upstream's own answer for an image, from another process;
-    an unreadable image is that image's error and the child goes on; a checkpoint upstream cannot
-    read stops it at the start, with upstream's reason."""
+    an unreadable image is that image's error and the child goes on; a dead child is an error
+    for every later image; a checkpoint upstream cannot read stops it at the start, with
+    upstream's reason."""
     afd = pytest.importorskip("anime_face_detector")
     w = seeded_weights(0)
     lm, det = w["hrnetv2"]["pth"], w["yolov3"]["pth"]
@@ -144,6 +145,11 @@ def test_upstream_runs_in_a_process_of_its_own_and_a_failure_is_named(
         with pytest.raises(bench.UpstreamError, match=r"^\w+(Error|Exception): "):
             ref(str(tmp_path / "missing.jpg"))
         again, _ = ref(str(image))  # still serving after a failure
+        ref._proc.kill()  # killed (out of memory, say): each later call says so, none hangs
+        ref._proc.join()
+        for _ in range(2):
+            with pytest.raises(bench.UpstreamError, match=r"upstream's process (ended|is gone)"):
+                ref(str(image))
     finally:
         ref.close()
     assert not ref._proc.is_alive()
