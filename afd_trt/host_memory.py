@@ -50,6 +50,7 @@ TRIM_THRESHOLD = 512 << 20
 
 _M_TRIM_THRESHOLD = -1  # <malloc.h>
 _M_MMAP_THRESHOLD = -3
+_INT_MAX = 2**31 - 1  # mallopt's value is a C int
 
 _lock = threading.Lock()
 _applied: str | None = None
@@ -69,12 +70,14 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int 
     """Set glibc's mmap and trim thresholds (bytes, process-wide; see the module docstring).
 
     Returns False, changing nothing, where the C library is not glibc (no ``mallopt``).
-    Raises ``ValueError`` for a threshold that is not a positive int, ``OSError`` if glibc
-    refuses one.
+    Raises ``ValueError`` for a threshold that is not an int in [1, 2**31 - 1], ``OSError`` if
+    glibc refuses one.
     """
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _INT_MAX:
+            raise ValueError(
+                f"{name} must be a positive number of bytes below 2 GiB (mallopt's int), got {value!r}"
+            )
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
@@ -83,12 +86,11 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int 
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    cap = 2**31 - 1  # mallopt takes an int
     for option, name, value in (
         (_M_MMAP_THRESHOLD, "M_MMAP_THRESHOLD", mmap_threshold),
         (_M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", trim_threshold),
     ):
-        if mallopt(option, min(value, cap)) != 1:
+        if mallopt(option, value) != 1:
             raise OSError(f"glibc's mallopt refused {name} = {value}")
     return True
 

@@ -84,7 +84,7 @@ def test_setting_comes_from_the_environment_and_a_bad_value_is_named(monkeypatch
         host_memory.malloc_setting()
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "256"])
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "256", 2**31])
 def test_thresholds_must_be_positive_byte_counts(bad: object) -> None:
     with pytest.raises(ValueError, match="must be a positive number of bytes"):
         host_memory.keep_freed_memory(mmap_threshold=bad)  # type: ignore[arg-type]
