@@ -105,7 +105,7 @@ def apply_setting() -> str:
         if _applied is None:
             setting = malloc_setting()
             if setting == "keep" and keep_freed_memory():
-                logger.debug(
+                logger.info(
                     "glibc malloc: blocks up to %d MiB from the heap, up to %d MiB of freed memory kept "
                     "for reuse ($%s=system to leave it as it was)",
                     MMAP_THRESHOLD >> 20,
