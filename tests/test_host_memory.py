@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -39,22 +40,25 @@ print(json.dumps({{"applied": applied, "faults": faults}}))
 """
 
 
-def _probe(setting: str | None) -> dict[str, object]:
+def _probe(setting: str | None, cwd: Path) -> dict[str, object]:
+    """Runs in ``cwd``, away from the checkout, whose ``afd_trt/`` sources would shadow the
+    installed package."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop(host_memory.ENV_MALLOC, None)
     if setting is not None:
         env[host_memory.ENV_MALLOC] = setting
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", _PROBE], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
     )
+    assert out.returncode == 0, out.stderr
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 @needs_glibc
-def test_kept_memory_is_reused_without_page_faults_and_system_leaves_glibc_alone() -> None:
+def test_kept_memory_is_reused_without_page_faults_and_system_leaves_glibc_alone(tmp_path: Path) -> None:
     pages = (_MB << 20) // 4096
-    kept = _probe(None)  # the default
+    kept = _probe(None, tmp_path)  # the default
     assert kept["applied"] == "keep"
     faults = kept["faults"]
     assert isinstance(faults, list)
@@ -62,7 +66,7 @@ def test_kept_memory_is_reused_without_page_faults_and_system_leaves_glibc_alone
     # Then freed blocks come back, mapped: after a few, since torch's 64-byte aligned blocks do
     # not always fit the hole an earlier one left (glibc's memalign), so the heap holds a few.
     assert max(faults[4:]) < pages * 0.05, faults
-    system = _probe("system")
+    system = _probe("system", tmp_path)
     assert system["applied"] == "system"
     faults = system["faults"]
     assert isinstance(faults, list)
