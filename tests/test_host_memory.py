@@ -32,7 +32,7 @@ def faults_of(make):
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, x
 
 faults = []
-for _ in range(8):  # a buffer of {_MB} MB made, filled and freed, as a network's activation is
+for _ in range(24):  # a buffer of {_MB} MB made, filled and freed, as a network's activation is
     n, x = faults_of(lambda: torch.empty({_MB} << 18).fill_(1.0))
     faults.append(n)
     del x
@@ -63,9 +63,10 @@ def test_kept_memory_is_reused_without_page_faults_and_system_leaves_glibc_alone
     faults = kept["faults"]
     assert isinstance(faults, list)
     assert faults[0] >= pages * 0.9  # the first time the pages are new
-    # Then freed blocks come back, mapped: after a few, since torch's 64-byte aligned blocks do
-    # not always fit the hole an earlier one left (glibc's memalign), so the heap holds a few.
-    assert max(faults[4:]) < pages * 0.05, faults
+    # Then freed blocks come back, mapped: after a few rounds (up to 9 seen), since torch's
+    # 64-byte aligned block does not fit the hole the same block left (glibc's memalign), and
+    # the heap grows until freed neighbours merge into a hole that fits.
+    assert max(faults[-6:]) < pages * 0.05, faults
     system = _probe("system", tmp_path)
     assert system["applied"] == "system"
     faults = system["faults"]
