@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from images import tadne_crop
+from keypoints import assert_keypoints_close
 from torch import nn
 
 import afd_trt
@@ -374,7 +375,9 @@ def test_detector_with_cuda_graphs_agrees(
     seeded_weights: Callable[[int], dict[str, dict[str, Path]]], face_detector: str
 ) -> None:
     """Graph replay of every network (HRNetV2 batches padded to buckets) gives the eager GPU
-    pipeline's faces within the core tolerances, over images of several sizes and a batch."""
+    pipeline's faces within the core tolerances, over images of several sizes and a batch: the
+    same faces and boxes, and on those boxes the same keypoints (the padded batch may pick other
+    kernels, so the heatmaps differ in their last bits: compared as tests/keypoints.py says)."""
     w = seeded_weights(0)
     kw: dict[str, Any] = {"device": "cuda"}
     eager = afd_trt.Detector(face_detector, w[face_detector]["pth"], w["hrnetv2"]["pth"], **kw)
@@ -383,9 +386,18 @@ def test_detector_with_cuda_graphs_agrees(
     )
     assert isinstance(graphed.landmarks.engine, CudaGraphEngine)
     images = [tadne_crop(0, 0, 1280, 720), tadne_crop(1024, 512, 517, 389), tadne_crop(2000, 2000, 640, 640)]
-    for want, got in zip(eager.detect_batch(images), graphed.detect_batch(images), strict=True):
-        assert len(got) == len(want)
-        for a, b in zip(want, got, strict=True):
-            np.testing.assert_allclose(b["bbox"][:4], a["bbox"][:4], atol=1e-3)
-            np.testing.assert_allclose(b["keypoints"][:, :2], a["keypoints"][:, :2], atol=0.05)
+    want = eager.detect_batch(images)
+    assert sum(len(faces) for faces in want) > 0
+    for w_faces, g_faces in zip(want, graphed.detect_batch(images), strict=True):
+        assert len(g_faces) == len(w_faces)
+        for a, b in zip(w_faces, g_faces, strict=True):
+            np.testing.assert_allclose(b["bbox"], a["bbox"], rtol=0, atol=1e-3)
+    on_map = off_map = 0
+    same_boxes = [[f["bbox"] for f in faces] for faces in want]
+    for w_faces, g_faces in zip(want, graphed.detect_batch(images, boxes=same_boxes), strict=True):
+        for a, b in zip(w_faces, g_faces, strict=True):
+            np.testing.assert_allclose(b["keypoints"][:, 2], a["keypoints"][:, 2], rtol=0, atol=1e-4)
+            on, off = assert_keypoints_close(b["keypoints"], a["keypoints"], a["bbox"])
+            on_map, off_map = on_map + on, off_map + off
+    assert off_map <= 0.02 * (on_map + off_map), f"{off_map} of {on_map + off_map} keypoints off the heatmap"
     assert graphed.landmarks.engine.captures >= 1

@@ -27,15 +27,15 @@ import numpy as np
 import pytest
 import torch
 from images import synthetic
+from keypoints import assert_keypoints_close
 
-from afd_trt.config import FasterRCNNConfig, HRNetConfig, YOLOv3Config, load_config
+from afd_trt.config import FasterRCNNConfig, YOLOv3Config, load_config
 from afd_trt.detector import Detector
-from afd_trt.landmarks import boxes_to_center_scale
 
 BACKENDS = ("torchscript", "onnxruntime", "openvino")
 # three aspect ratios: network inputs 256x320, 320x192 and 320x320 (yolov3), none the build shape
 IMAGES = [synthetic(240, 320, 0), synthetic(300, 180, 1), synthetic(128, 128, 2)]
-KPT_PX, KPT_SCORE = 0.05, 1e-4
+KPT_SCORE = 1e-4
 # Boxes: the contract's 1e-3 px for ONNX Runtime. OpenVINO's fp32 kernels differ by CPU: on an
 # AVX2-only EPYC its Faster R-CNN boxes were 1.5e-3 px from eager's (ONNX Runtime's 5.4e-4 px; the
 # seeded box head's large deltas go through exp, so ~1e-5 relative in its outputs is ~1e-3 px).
@@ -210,20 +210,6 @@ def test_landmark_scores_match_eager(
         np.testing.assert_allclose(got[:, 2], want[:, 2], rtol=0, atol=KPT_SCORE)
 
 
-def _on_the_heatmap(keypoints: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """bool (28,): keypoints inside the span of the face's 64x64 heatmap (plus one heatmap pixel).
-    DARK puts a keypoint outside it only when its Newton step is ill-conditioned (a ridge or plateau
-    in the blurred log heatmap, which the seeded stand-ins' broad random peaks sometimes have and
-    trained heatmaps do not): such a step divides by a near-zero Hessian, so a last-bit difference
-    in the heatmap moves it by a fixed fraction of its length, not by a fixed number of pixels."""
-    cfg = load_config("hrnetv2")
-    assert isinstance(cfg, HRNetConfig)
-    w, h = cfg.input_size
-    center, scale = boxes_to_center_scale(box[None, :4], w / h, cfg.bbox_padding, cfg.pixel_std)
-    half = scale[0] * cfg.pixel_std / 2 * (1 + 1 / cfg.heatmap_size[0])
-    return np.asarray((np.abs(keypoints[:, :2] - center[0]) <= half).all(axis=1))
-
-
 @pytest.mark.parametrize(("name", "backend", "flip"), CASES)
 def test_landmark_coordinates_match_eager(
     name: str,
@@ -236,13 +222,9 @@ def test_landmark_coordinates_match_eager(
     upstream's own arithmetic) within 1e-3 of their distance from the face, and they must be rare."""
     on_map = off_map = 0
     for got, want, box in _landmark_pairs(detectors[name, backend], eager[name, flip], flip):
-        inside = _on_the_heatmap(want, box)
-        on_map += int(inside.sum())
-        off_map += int((~inside).sum())
-        np.testing.assert_allclose(got[inside, :2], want[inside, :2], rtol=0, atol=KPT_PX)
-        center = (box[:2] + box[2:4]) / 2
-        reach = np.abs(want[~inside, :2] - center).max(axis=1, initial=0.0, keepdims=True)
-        assert (np.abs(got[~inside, :2] - want[~inside, :2]) <= 1e-3 * reach + KPT_PX).all()
+        on, off = assert_keypoints_close(got, want, box)
+        on_map += on
+        off_map += off
     assert on_map > 0
     assert off_map <= 0.02 * (on_map + off_map), f"{off_map} of {on_map + off_map} keypoints off the heatmap"
 
