@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .device_ops import with_index
 from .image import ImageInput, _check_file, max_pixels_limit
 
 __all__ = [
@@ -48,13 +49,31 @@ def _image_ops() -> Any:
     return tv_image
 
 
+_warned_fallback: set[str] = set()
+
+
+def _log_fallback(label: str, device: torch.device, error: Exception) -> None:
+    """A JPEG torchvision refused goes to OpenCV: said at WARNING the first time per device type
+    (on CUDA a refusal may mean nvJPEG is missing, and every image would then be decoded by
+    OpenCV unnoticed), at DEBUG after."""
+    first = device.type not in _warned_fallback
+    _warned_fallback.add(device.type)
+    level = logging.WARNING if first else logging.DEBUG
+    more = " (said once; later ones at DEBUG)" if first else ""
+    logger.log(
+        level, "%s: torchvision could not decode it on %s (%s); OpenCV will%s", label, device, error, more
+    )
+
+
 def torchvision_jpeg_available() -> str | None:
     """None when torchvision can decode JPEGs here, else why not."""
     try:
         tv_image = _image_ops()
     except ImportError as e:
         return f"torchvision is not installed ({e})"
-    if not tv_image._has_image_ops():
+    del tv_image  # imported for its registration of torch.ops.image
+    # the op itself, not torchvision's private _has_image_ops, which other versions may lack
+    if not hasattr(torch.ops.image, "decode_jpeg"):
         return "torchvision's image extension did not load (built without libjpeg?)"
     return None
 
@@ -176,11 +195,14 @@ def decode_jpeg(
         # the ops behind torchvision.io.decode_jpeg, whose wrapper warns (deprecated in 0.29 in
         # favour of TorchCodec) on every call
         if device.type == "cuda":
+            # with its index always: torchvision keeps one nvJPEG decoder and makes a new one
+            # whenever the device it is given changes, "cuda" and "cuda:0" included
+            device = with_index(device)
             rgb = torch.ops.image.decode_jpegs_cuda([encoded], rgb_mode, device)[0]
         else:
             rgb = torch.ops.image.decode_jpeg(encoded, rgb_mode, False)
     except RuntimeError as e:
-        logger.debug("%s: torchvision could not decode it (%s); OpenCV will", label, e)
+        _log_fallback(label, device, e)
         return None
     h, w = int(rgb.shape[1]), int(rgb.shape[2])
     if h * w > limit:

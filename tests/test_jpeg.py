@@ -102,6 +102,32 @@ def test_not_a_jpeg_or_truncated_falls_back(image: np.ndarray, tmp_path: Path) -
     assert jpeg.decode_jpeg(image, CPU) is None  # arrays need no decoding
 
 
+def test_a_refusal_by_torchvision_is_warned_once(
+    image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JPEG whose headers pass but which torchvision refuses (here a component naming a
+    quantisation table never defined) goes to OpenCV; the first refusal per device type is a
+    WARNING naming the file (on CUDA it may mean nvJPEG is missing), later ones DEBUG."""
+    data = bytearray(_jpeg_bytes(image))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 12] = 3  # the first component's quantisation table: 3, never defined
+    paths = [tmp_path / "q1.jpg", tmp_path / "q2.jpg"]
+    for p in paths:
+        p.write_bytes(bytes(data))
+    assert jpeg.plain_8bit_color(bytes(data))
+    monkeypatch.setattr(jpeg, "_warned_fallback", set())
+    with caplog.at_level("DEBUG", logger="afd_trt.jpeg"):
+        assert [jpeg.decode_jpeg(p, CPU) for p in paths] == [None, None]
+    said = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if "torchvision could not decode" in r.getMessage()
+    ]
+    assert [level for level, _ in said] == ["WARNING", "DEBUG"]
+    assert "q1.jpg" in said[0][1]
+    assert "q2.jpg" in said[1][1]
+
+
 def test_cmyk_and_progressive(image: np.ndarray, tmp_path: Path) -> None:
     """CMYK goes to OpenCV (torchvision's conversion differs from it); progressive and every
     chroma subsampling decode to OpenCV's pixels."""
