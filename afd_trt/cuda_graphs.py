@@ -375,7 +375,8 @@ class CudaGraphEngine:
             # The previous call may have run on another stream: let it finish with the shared
             # buffers (static inputs, pool) before they are overwritten.
             stream.wait_event(self._done)
-            graph.static_in[:n].copy_(x, non_blocking=True)
+            # a host x is copied before returning: the caller may refill a pinned buffer at once
+            graph.static_in[:n].copy_(x, non_blocking=x.is_cuda)
             if n < graph.static_in.shape[0]:
                 graph.static_in[n:].zero_()
             graph.graph.replay()
