@@ -434,6 +434,13 @@ def _engine_input(x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> 
     return x.to(device, dtype)
 
 
+def _must_move(module: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``module.to(device, dtype)`` would change any parameter or buffer of ``module``
+    (``device`` with its index)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return any(t.device != device or (t.is_floating_point() and t.dtype != dtype) for t in tensors)
+
+
 class TorchEngine:
     """Eager PyTorch: the module as written, in eval mode under ``torch.inference_mode``."""
 
@@ -446,6 +453,10 @@ class TorchEngine:
             # channels-last weights (measured on the 2-core AVX512-BF16 CPU: HRNetV2 26.0 -> 23.5
             # ms per crop, YOLOv3 608x352 127 -> 109 ms). fp32 keeps upstream's layout (exactness).
             module = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        elif _must_move(module, with_index(device), self.dtype):
+            # the caller's module stays where it is: an engine for another device made from it
+            # later would otherwise move this engine's weights away under it
+            module = copy.deepcopy(module)
         self.module = module.to(device=device, dtype=self.dtype).eval()
         self.device = device
 

@@ -33,6 +33,7 @@ from afd_trt.engines import (
     Engine,
     Network,
     OnnxRuntimeEngine,
+    TorchEngine,
     _cuda_device_id,
     _engine_input,
     cached_onnx,
@@ -774,3 +775,26 @@ def test_bad_engine_profile_is_rejected(tmp_path: Path, table: str, match: str) 
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_config(path)
+
+
+def test_torch_engine_leaves_the_callers_module_where_it_was() -> None:
+    """An fp32 engine takes the module as it is when nothing must change (no copy of the weights),
+    and a copy when it must move or convert it: the caller's module, which other engines may be
+    made from, keeps its device and dtype, and the two no longer share weights."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    same = TorchEngine(net, torch.device("cpu"))
+    assert same.module is net
+    wide = net.to(torch.float64)
+    engine = TorchEngine(wide, torch.device("cpu"))
+    assert engine.module is not wide
+    assert all(
+        t.dtype == torch.float64 for t in [*wide.parameters(), *wide.buffers()] if t.is_floating_point()
+    )
+    assert all(
+        t.dtype == torch.float32
+        for t in [*engine.module.parameters(), *engine.module.buffers()]
+        if t.is_floating_point()
+    )
+    x = torch.randn(1, 3, 8, 8)
+    (got,) = engine(x)
+    torch.testing.assert_close(got, wide(x.double()).float(), rtol=1e-5, atol=1e-5)
