@@ -379,7 +379,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="images per stream batch (default: the Detector's)",
     )
-    p.add_argument("--workers", type=int_at_least(0), default=2, help="decoding threads of the stream")
+    p.add_argument(
+        "--workers",
+        type=int_at_least(0),
+        default=None,
+        help="decoding threads of the stream (default: the Detector's, 2 on the CPU, 2-8 on a GPU)",
+    )
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--threads", type=int_at_least(0), default=0, help="torch threads (0: torch's default)")
     p.add_argument("--skip-latency", action="store_true", help="throughput pass only")
@@ -749,7 +754,7 @@ def _run_passes(
         "flip_test": flip,
         "throughput": {
             "batch_size": batch,
-            "workers": args.workers,
+            "workers": ours.default_workers if args.workers is None else args.workers,
             "seconds": wall,
             "images_per_s": n_ok / wall,
             "faces_per_s": faces / wall,

@@ -132,7 +132,12 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="images per pipeline batch (default: 16 on a GPU, 4 on the CPU, where it only sets the read-ahead)",
     )
-    g.add_argument("--workers", type=_positive_int, default=2, help="image decoding threads (default 2)")
+    g.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        help="image decoding threads (default: 2 on the CPU; on a GPU one per core less one, 2 to 8)",
+    )
     g.add_argument(
         "--device-pipeline",
         choices=("auto", "on", "off"),

@@ -596,7 +596,7 @@ class DetectOptions:
     every: int = 1
     exts: Sequence[str] | None = None  # folder walks: these extensions (default images + videos)
     batch_size: int | None = None  # None: the detector's default_batch_size
-    workers: int = 2
+    workers: int | None = None  # None: the detector's default_workers
     min_score: float = 0.0
     min_face_size: float = 0.0
     crops: Path | None = None

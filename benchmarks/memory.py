@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "precision": args.precision,
         "flip": args.flip,
         "batch_size": args.batch_size,
-        "workers": args.workers,
+        "workers": det.default_workers if args.workers is None else args.workers,
         "img_scale": args.img_scale,
         "max_faces": args.max_faces,
         "warmup_images": args.warmup,
@@ -205,7 +205,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--flip", choices=("on", "off"), default="on")
     p.add_argument("--batch-size", type=int_at_least(1), default=4)
-    p.add_argument("--workers", type=int_at_least(0), default=2)
+    p.add_argument(
+        "--workers", type=int_at_least(0), default=None, help="decoding threads (default: the Detector's)"
+    )
     p.add_argument("--every", type=int_at_least(1), default=250, help="sample the RSS every N images")
     p.add_argument("--warmup", type=int_at_least(0), default=500, help="images before the growth is measured")
     p.add_argument(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from images import synthetic, tadne_crop
 
 import afd_trt
-from afd_trt.detector import StreamResult
+from afd_trt.detector import StreamResult, decode_workers
 
 Weights = dict[str, dict[str, Path]]
 
@@ -97,6 +98,33 @@ def test_stream_reads_lazily_and_boundedly(
     # Read-ahead is bounded by 2 * batch_size + workers beyond what was yielded.
     assert pulled <= 5 + 2 * batch_size + workers + batch_size
     _same(first[4].faces, singles[0])
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "want"),
+    [
+        ("cpu", 1, 2),
+        ("cpu", 64, 2),
+        ("cuda", 1, 2),
+        ("cuda", 3, 2),
+        ("cuda", 4, 3),
+        ("cuda", 16, 8),
+        ("cuda:1", 64, 8),
+    ],
+)
+def test_decode_workers_by_device_and_cores(device: str, cores: int, want: int) -> None:
+    assert decode_workers(torch.device(device), cores) == want
+
+
+def test_stream_decodes_in_the_default_workers(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    """Without ``workers`` the stream decodes in :attr:`default_workers` threads (2 on the CPU)."""
+    assert det.default_workers == 2
+    before = set(threading.enumerate())  # another stream's pool may still be winding down
+    it = det.stream(itertools.cycle(images), batch_size=2)
+    next(it)
+    new = [t.name for t in set(threading.enumerate()) - before if t.name.startswith("afd_trt-decode")]
+    it.close()  # type: ignore[attr-defined]
+    assert len(new) == det.default_workers, new
 
 
 def test_stream_boxes_in_step(
