@@ -8,6 +8,6 @@ py=${PYTHON:-python}
 pbdir=$("$py" -c 'import pybind11; print(pybind11.get_cmake_dir())')
 cmake -S . -B build/dev -DCMAKE_BUILD_TYPE="${AFD_TRT_BUILD_TYPE:-Release}" -DPython_EXECUTABLE="$(command -v "$py")" \
   -Dpybind11_DIR="$pbdir" -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/dev/out" "$@" >/dev/null
-cmake --build build/dev -j 2
+cmake --build build/dev -j "${JOBS:-$(nproc)}"
 cp build/dev/out/_C*.so afd_trt/
 echo "built $(ls afd_trt/_C*.so)"

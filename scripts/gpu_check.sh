@@ -31,6 +31,7 @@ limit() {  # limit CAP: seconds for the next step, at most CAP; 0 when under 60 
 }
 log="$out/gpu_check.log"
 exec > >(tee -a "$log") 2>&1
+tee_pid=$!
 echo "== $(date -u +%FT%TZ) $(git rev-parse --short HEAD 2>/dev/null) device=$device"
 (command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv) || true
 
@@ -49,9 +50,14 @@ PYTHON="$py" timeout 300 bash scripts/dev_build.sh || exit 1
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   echo "== needs_cuda tests"
-  timeout "$(limit "${TEST_SECONDS:-240}")" "$py" -m pytest -q -p no:cacheprovider -m needs_cuda -rA \
-    tests/ >"$out/needs_cuda.log" 2>&1
+  # -v names each test as it starts; SIGINT at the limit lets pytest print its summary of what
+  # ran; with pytest-timeout (on the GPU image) one hung test costs PER_TEST_SECONDS, not the rest
+  per_test=()
+  "$py" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout "${PER_TEST_SECONDS:-90}")
+  timeout -s INT -k 20 "$(limit "${TEST_SECONDS:-240}")" "$py" -m pytest -v -p no:cacheprovider -m needs_cuda \
+    -rfEs "${per_test[@]}" tests/ >"$out/needs_cuda.log" 2>&1
   echo "pytest exit $?"
+  echo "passed: $(grep -c ' PASSED' "$out/needs_cuda.log")"
   tail -n 40 "$out/needs_cuda.log"
 fi
 
@@ -105,3 +111,5 @@ big=${BIG_BATCH-32}
 [ -n "$big" ] && COMPARE=0 bench "yolov3-$lp-b$big-graphs-nvjpeg" --batch-size "$big" \
   --precision "$lp" --cuda-graphs --jpeg-decoder torchvision --skip-latency
 echo "== done $(date -u +%FT%TZ); $(wc -l <"$jsonl") bench runs in $jsonl"
+exec >&- 2>&-
+wait "$tee_pid"  # the log complete before the call returns
