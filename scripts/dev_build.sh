@@ -9,5 +9,10 @@ pbdir=$("$py" -c 'import pybind11; print(pybind11.get_cmake_dir())')
 cmake -S . -B build/dev -DCMAKE_BUILD_TYPE="${AFD_TRT_BUILD_TYPE:-Release}" -DPython_EXECUTABLE="$(command -v "$py")" \
   -Dpybind11_DIR="$pbdir" -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build/dev/out" "$@" >/dev/null
 cmake --build build/dev -j "${JOBS:-$(nproc)}"
-cp build/dev/out/_C*.so afd_trt/
+# Replaced by a rename, never rewritten in place: a process that has the old library loaded (a
+# long benchmark) keeps its copy; cp over a mapped library crashed one with SIGSEGV.
+for so in build/dev/out/_C*.so; do
+  cp "$so" "afd_trt/.$(basename "$so").tmp"
+  mv -f "afd_trt/.$(basename "$so").tmp" "afd_trt/$(basename "$so")"
+done
 echo "built $(ls afd_trt/_C*.so)"
