@@ -68,10 +68,9 @@ def _log_fallback(label: str, device: torch.device, error: Exception) -> None:
 def torchvision_jpeg_available() -> str | None:
     """None when torchvision can decode JPEGs here, else why not."""
     try:
-        tv_image = _image_ops()
+        _image_ops()  # its import registers torch.ops.image
     except ImportError as e:
         return f"torchvision is not installed ({e})"
-    del tv_image  # imported for its registration of torch.ops.image
     # the op itself, not torchvision's private _has_image_ops, which other versions may lack
     if not hasattr(torch.ops.image, "decode_jpeg"):
         return "torchvision's image extension did not load (built without libjpeg?)"
