@@ -501,6 +501,8 @@ class Detector:
 
         Never raises for a bad input: its result carries the ``error`` (the others are kept).
         On CUDA out-of-memory the batch is split in two and retried (``oom_splits`` counts it).
+        If ``images`` or ``boxes`` itself raises (a failing reader, box lists that run out), the
+        results of every input read before it are yielded first, then that exception is raised.
 
         Args:
             images: paths or BGR uint8 (H, W, 3) arrays (see ``afd_trt.image.load_image``).
@@ -545,16 +547,21 @@ class Detector:
         try:
             index = 0
             exhausted = False
+            source_error: Exception | None = None
             while True:
                 while not exhausted and len(pending) < depth:
                     try:
-                        item = next(inputs)
+                        submit(index, next(inputs))
                     except StopIteration:
                         exhausted = True
                         break
-                    submit(index, item)
+                    except Exception as e:  # ``images`` or ``boxes`` failed: finish what was read
+                        source_error, exhausted = e, True
+                        break
                     index += 1
                 if not pending:
+                    if source_error is not None:
+                        raise source_error
                     return
                 batch = [pending.popleft() for _ in range(min(n, len(pending)))]
                 yield from self._run_stream_batch(batch, keep_images)

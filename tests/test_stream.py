@@ -139,6 +139,36 @@ def test_stream_boxes_in_step(
         list(det.stream(images, boxes=boxes[:2], batch_size=1))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_source_keeps_what_was_read(
+    det: afd_trt.Detector,
+    images: list[np.ndarray],
+    singles: list[list[dict[str, np.ndarray]]],
+    workers: int,
+) -> None:
+    """A reader that dies (a broken queue, a lost connection) is not a bad input: the stream
+    raises its exception, but only after the results of every input it handed over."""
+
+    def reader() -> Iterator[np.ndarray]:
+        yield from images[:3]
+        raise ConnectionError("camera 7 went away")
+
+    got: list[StreamResult] = []
+    with pytest.raises(ConnectionError, match="camera 7 went away"):
+        got.extend(det.stream(reader(), batch_size=2, workers=workers))  # keeps what came before
+    assert [r.index for r in got] == [0, 1, 2]
+    for r, want in zip(got, singles, strict=False):
+        _same(r.faces, want)
+    # box lists that run out: the images that had boxes still get their results
+    boxes = [[[10, 12, 120, 140, 0.9]], []]
+    got = []
+    with pytest.raises(ValueError, match="ran out at image 2"):
+        got.extend(det.stream(images, boxes=boxes, batch_size=4, workers=workers))
+    assert [r.index for r in got] == [0, 1]
+    _same(got[0].faces, det(images[0], boxes=boxes[0]))
+    assert got[1].faces == []
+
+
 def test_stream_bad_boxes_lose_nothing(
     det: afd_trt.Detector, images: list[np.ndarray], singles: list[list[dict[str, np.ndarray]]]
 ) -> None:
