@@ -146,6 +146,24 @@ def expand_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
+def _flag(name: str, value: object) -> bool:
+    """``value`` as a bool: True/False (numpy's too) or the integers 1/0; anything else, a string
+    like ``"no"`` above all (which ``bool()`` would take for True), raises ``TypeError``."""
+    if isinstance(value, bool | np.bool_) or (isinstance(value, int | np.integer) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _positive_number(name: str, value: object) -> float:
+    """``value`` as a positive, finite float; ``TypeError`` for a non-number (a string, a bool),
+    ``ValueError`` for zero, a negative, NaN or infinity."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__} {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
 def _as_config(cfg: str | Path | ModelConfig | None, default: str) -> ModelConfig:
     if cfg is None:
         return load_config(default)
@@ -304,8 +322,9 @@ class Detector:
         self.max_pixels = max_pixels
         if face_detector is not None and face_detector not in FACE_DETECTORS:
             raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
-        if not np.isfinite(box_scale_factor) or box_scale_factor <= 0:
-            raise ValueError(f"box_scale_factor must be a positive number, got {box_scale_factor!r}")
+        box_scale_factor = _positive_number("box_scale_factor", box_scale_factor)
+        flip_test = _flag("flip_test", flip_test)
+        cuda_graphs = _flag("cuda_graphs", cuda_graphs)
         self.device = resolve_device(device)
         if jpeg_decoder not in JPEG_DECODERS:
             raise ValueError(f"jpeg_decoder must be one of {JPEG_DECODERS}, got {jpeg_decoder!r}")
@@ -314,9 +333,9 @@ class Detector:
         self.jpeg_decoder = jpeg_decoder
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, got device {self.device}")
-        self.cuda_graphs = bool(cuda_graphs)
-        self.flip_test = bool(flip_test)
-        self.box_scale_factor = float(box_scale_factor)
+        self.cuda_graphs = cuda_graphs
+        self.flip_test = flip_test
+        self.box_scale_factor = box_scale_factor
         self.backend = backend
         # On the CPU every image runs on its own (detector batch 1 in upstream's layout, the
         # landmark batch = that image's faces): convolution kernels, and so the last bits of

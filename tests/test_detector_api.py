@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import re
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -208,6 +209,26 @@ def test_constructor_errors(weights: Weights) -> None:
         afd_trt.Detector("retinaface", None, lm, device="cpu")
     with pytest.raises(ValueError, match="box_scale_factor"):
         afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor=0)
+    for bad in (float("nan"), -1.1, float("inf")):
+        with pytest.raises(
+            ValueError, match=re.escape(f"box_scale_factor must be a positive number, got {bad}")
+        ):
+            afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor=bad)
+    with pytest.raises(
+        TypeError, match=re.escape("box_scale_factor must be a positive number, got str '1.2'")
+    ):
+        afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor="1.2")  # type: ignore[arg-type]
+    # bool("no") is True: a string flag would silently mean the opposite of what it says
+    with pytest.raises(TypeError, match="flip_test must be True or False, got str 'no'"):
+        afd_trt.Detector(None, None, lm, device="cpu", flip_test="no")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cuda_graphs must be True or False, got int 2"):
+        afd_trt.Detector(None, None, lm, device="cpu", cuda_graphs=2)  # type: ignore[arg-type]
+    for flag, want in ((np.bool_(False), False), (0, False), (1, True), (True, True)):
+        assert afd_trt.Detector(None, None, lm, device="cpu", flip_test=flag).flip_test is want  # type: ignore[arg-type]
+    assert (
+        afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor=np.float32(1.5)).box_scale_factor
+        == 1.5
+    )
     with pytest.raises(ValueError, match="backend must be one of"):
         afd_trt.Detector(None, None, lm, device="cpu", backend="tvm")
     with pytest.raises(ValueError, match="describes a 'faster-rcnn' model"):
