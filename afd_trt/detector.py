@@ -679,7 +679,7 @@ class Detector:
                 loaded.append((index, source, b, img, prep))
             except Exception as e:  # any failure is this input's, reported as its result
                 err = _named(e, _input_name(source, index))
-                logger.warning("%s", err)
+                logger.debug("%s", err)  # the caller reports it: it is this input's result
                 failed[index] = StreamResult(index, source, error=err)
         done: dict[int, list[Face]] = {}
         errors: dict[int, Exception] = {}
@@ -698,7 +698,7 @@ class Detector:
                         done[index] = self._run([img], [b], stacklevel=4, prepared=[prep])[0]
                     except Exception as e:
                         errors[index] = _named(e, _input_name(source, index))
-                        logger.warning("%s", errors[index])
+                        logger.debug("%s", errors[index])
         images = {x[0]: x[3] for x in loaded}
         for index, source, _ in batch:
             if index in failed:

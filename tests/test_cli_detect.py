@@ -274,6 +274,16 @@ def test_jsonl_records_equal_the_python_api(
     assert f"{n_faces} faces" in proc.stderr
 
 
+def test_each_failure_is_reported_once_by_its_name(main_run: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """A failed input is logged once as it happens and once in the closing list, under its own
+    path; nothing is logged about the stand-in the job feeds the stream for an input that failed
+    before decoding (the broken video: once "image 3: empty image of shape (0, 0, 3)")."""
+    lines = main_run["proc"].stderr.splitlines()
+    for p in inputs["bad"]:
+        assert sum(p in line for line in lines) == 2, [line for line in lines if p in line]
+    assert not [line for line in lines if "empty image" in line]
+
+
 def _marks(img: np.ndarray) -> int:
     """Pixels in the drawing colours (green boxes, red/yellow dots), allowing for JPEG."""
     b, g, r = (img[:, :, i].astype(int) for i in range(3))
