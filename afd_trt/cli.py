@@ -53,9 +53,10 @@ def _run_make_test_weights(args: argparse.Namespace) -> int:
 # -- detect ----------------------------------------------------------------------------------
 
 DETECT_EPILOG = """\
-inputs: image files, folders (recursive; images and videos by extension), glob patterns
-('shots/**/*.png', quoted), @list.txt (one input per line), videos (.mp4 .avi .mkv .mov .webm;
-every --every-th frame, recorded with its frame index and time in seconds).
+inputs: image files, folders (recursive; images and videos by extension; links to folders
+not entered), glob patterns ('shots/**/*.png', quoted), @list.txt (one input per line), videos
+(.mp4 .avi .mkv .mov .webm; every --every-th frame, recorded with its frame index and time in
+seconds). A name that matches nothing, or a link whose target is gone, is recorded as a failure.
 
 output: JSON Lines, one record per image or frame, appended as each finishes:
   {"path", "width", "height", ["frame", "time",] "faces": [{"bbox": [x0, y0, x1, y1], "score",

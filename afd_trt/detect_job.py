@@ -82,8 +82,9 @@ Key = tuple[str, int | None]
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input after expansion: ``kind`` is ``"image"``, ``"video"`` or ``"missing"`` (a path or
-    pattern that names nothing; recorded as an error)."""
+    """One input after expansion: ``kind`` is ``"image"``, ``"video"``, ``"missing"`` (a path or
+    pattern that names nothing) or ``"broken"`` (a symbolic link whose target is gone); the last
+    two are recorded as errors."""
 
     path: str
     kind: str
@@ -93,8 +94,34 @@ def _classify(path: str) -> InputSpec:
     return InputSpec(path, "video" if Path(path).suffix.lower() in VIDEO_EXTS else "image")
 
 
-def _walk(folder: Path, exts: Sequence[str]) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+def _link_target(path: str) -> str:
+    """Where the symbolic link ``path`` points, quoted, for a message (never raises)."""
+    try:
+        return repr(os.readlink(path))
+    except OSError as e:
+        return f"(unreadable: {e.strerror})"
+
+
+def _walk(folder: Path, exts: Sequence[str]) -> list[InputSpec]:
+    """The files under ``folder`` whose extension (any case) is in ``exts``, recursively, sorted
+    by path: files and links to files, and links whose target is gone as ``"broken"`` inputs (so
+    they are recorded, not silently dropped). Links to folders are not entered (``Path.rglob``'s
+    rule: no cycles); a folder that cannot be listed is logged as a warning."""
+
+    def unreadable(e: OSError) -> None:
+        logger.warning("folder %s: cannot list it (%s); its files are not processed", e.filename, e.strerror)
+
+    found: list[InputSpec] = []
+    for root, _dirs, files in os.walk(folder, onerror=unreadable):
+        for name in files:
+            if os.path.splitext(name)[1].lower() not in exts:
+                continue
+            path = os.path.join(root, name)
+            if os.path.isfile(path):
+                found.append(_classify(path))
+            elif os.path.islink(path) and not os.path.exists(path):
+                found.append(InputSpec(path, "broken"))
+    return sorted(found, key=lambda spec: spec.path)
 
 
 def _expand_one(item: str, allow_list: bool, exts: Sequence[str]) -> Iterator[InputSpec]:
@@ -109,15 +136,20 @@ def _expand_one(item: str, allow_list: bool, exts: Sequence[str]) -> Iterator[In
         found = _walk(path, exts)
         if not found:
             logger.warning("folder %s: no files with extensions %s", item, " ".join(exts))
-        yield from (_classify(p) for p in found)
+        yield from found
     elif path.exists():
         yield _classify(item)
+    elif path.is_symlink():
+        yield InputSpec(item, "broken")
     elif _GLOB_CHARS & set(item):
         matches = sorted(glob.glob(item, recursive=True))
         if not matches:
             yield InputSpec(item, "missing")
         for m in matches:
-            yield from (_classify(p) for p in _walk(Path(m), exts)) if Path(m).is_dir() else [_classify(m)]
+            if Path(m).is_dir():
+                yield from _walk(Path(m), exts)
+            else:  # glob lists links whose target is gone, too
+                yield _classify(m) if os.path.exists(m) else InputSpec(m, "broken")
     else:
         yield InputSpec(item, "missing")
 
@@ -301,6 +333,10 @@ def iter_work(
         elif spec.kind == "missing":
             yield WorkItem(
                 spec.path, error="no such file or directory (nor any file matching it as a pattern)"
+            )
+        elif spec.kind == "broken":
+            yield WorkItem(
+                spec.path, error=f"broken symbolic link: its target {_link_target(spec.path)} does not exist"
             )
         else:
             yield WorkItem(spec.path)

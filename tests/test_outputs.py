@@ -236,6 +236,35 @@ def test_expand_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ]
 
 
+def test_links_in_folders_and_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link to a file is that file; a link whose target is gone is a "broken" input, recorded
+    as an error naming the target rather than dropped unseen; links to folders are not entered
+    (no cycles, as ``Path.rglob``)."""
+    monkeypatch.chdir(tmp_path)
+    Path("d/sub").mkdir(parents=True)
+    Path("elsewhere").mkdir()
+    Path("d/a.png").write_bytes(b"")
+    Path("elsewhere/far.png").write_bytes(b"")
+    os.symlink("../elsewhere/far.png", "d/to_file.png")
+    os.symlink("gone/x.jpg", "d/dead.jpg")
+    os.symlink("gone", "d/dead_no_ext")  # not an image name: not taken
+    os.symlink("..", "d/sub/up")  # a cycle
+    os.symlink("../elsewhere", "d/to_folder")
+    want_d = [
+        InputSpec("d/a.png", "image"),
+        InputSpec("d/dead.jpg", "broken"),
+        InputSpec("d/to_file.png", "image"),
+    ]
+    assert expand_inputs(["d"]) == want_d
+    assert expand_inputs(["d/*.jpg", "d/dead.jpg"]) == [InputSpec("d/dead.jpg", "broken")]
+    items = list(iter_work(expand_inputs(["d/dead.jpg", "d"]), done=set()))
+    assert [(w.path, w.error) for w in items] == [
+        ("d/dead.jpg", "broken symbolic link: its target 'gone/x.jpg' does not exist"),
+        ("d/a.png", None),
+        ("d/to_file.png", None),
+    ]
+
+
 def test_a_folder_without_matching_files_is_named_in_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
