@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,8 +151,29 @@ def error_record(
     return rec
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed JSON value's type ("an array", "a number", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
 def record_key(rec: dict[str, Any]) -> tuple[str, int | None]:
-    """The stable input id of a record: ``(path, frame)``, frame ``None`` for images."""
+    """The stable input id of a record: ``(path, frame)``, frame ``None`` for images.
+
+    A malformed record raises ``KeyError`` (no ``path``), ``TypeError`` (not a JSON object, or a
+    ``frame`` that is not a number) or ``ValueError`` (a ``frame`` string that is not a number).
+    """
+    if not isinstance(rec, dict):
+        raise TypeError(f"record is {_json_type(rec)}, not an object")
     frame = rec.get("frame")
     return str(rec["path"]), None if frame is None else int(frame)
 
@@ -230,13 +252,53 @@ def coco_from_records(
     }
 
 
+_TMP_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)  # fmt: skip
+
+
+def _create_temp(p: Path) -> tuple[int, Path]:
+    """A new, empty temporary file next to ``p``, opened for writing: ``(fd, path)``.
+
+    Unlike ``tempfile.mkstemp`` (always mode 0600) it is created with mode 0666 and left to the
+    kernel to reduce by the umask (or a folder's default ACL), as ``open(p, "w")`` would; when
+    ``p`` already exists, its permission bits are copied instead, as rewriting it in place would
+    keep them."""
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(p).st_mode) & 0o777
+    except OSError:
+        mode = None
+    for _ in range(100):
+        tmp = p.parent / f".{p.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, _TMP_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            try:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fd, mode)
+                else:  # pragma: no cover - not POSIX
+                    os.chmod(tmp, mode)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+        return fd, tmp
+    raise FileExistsError(f"no unused temporary file name next to {p}")  # pragma: no cover
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``:
     readers (and a later run after a kill) see the old file or the whole new one, never a part.
-    ``fsync`` also makes the content durable before the rename (against power loss)."""
+    ``fsync`` also makes the content durable before the rename (against power loss).
+
+    The file gets the mode a plainly created file would (0666 less the umask), or keeps the
+    permission bits of the file it replaces."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = _create_temp(p)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -245,7 +307,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, fsync: bool = True) -> Non
                 os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

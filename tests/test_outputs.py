@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from afd_trt.outputs import (
     image_record,
     record_key,
     write_bytes_atomic,
+    write_json_atomic,
 )
 
 
@@ -206,6 +208,67 @@ def test_write_bytes_atomic_leaves_no_temporaries(tmp_path: Path) -> None:
     write_bytes_atomic(p, b"two", fsync=False)
     assert p.read_bytes() == b"two"
     assert os.listdir(p.parent) == ["x.bin"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077, 0o002], ids=oct)
+def test_atomic_writes_get_the_mode_of_a_plainly_created_file(tmp_path: Path, umask: int) -> None:
+    """Not mkstemp's 0600: 0666 less the umask, as open() gives, so other users and jobs can
+    read crops, drawings, COCO and merge output under the usual umask."""
+    old = os.umask(umask)
+    try:
+        write_bytes_atomic(tmp_path / "a.bin", b"x")
+        write_json_atomic(tmp_path / "b.json", {"k": 1})
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    assert stat.S_IMODE(plain.stat().st_mode) == expected
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == expected
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == expected
+
+
+def test_atomic_writes_keep_the_mode_of_the_file_they_replace(tmp_path: Path) -> None:
+    p = tmp_path / "x.json"
+    p.write_bytes(b"{}")
+    p.chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(p, [1])
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640
+        p.chmod(0o604)
+        write_bytes_atomic(p, b"two")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o604
+    assert p.read_bytes() == b"two"
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [([1, 2], "an array"), (3, "a number"), ("a.png", "a string"), (None, "null")]
+)
+def test_record_key_refuses_a_record_that_is_not_an_object(value: object, kind: str) -> None:
+    with pytest.raises(TypeError, match=f"record is {kind}, not an object"):
+        record_key(value)  # type: ignore[arg-type]
+
+
+def test_journal_and_merge_drop_lines_that_are_not_objects(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Valid JSON that is not an object (``[1, 2]``, ``3``) is an unreadable line, not a crash."""
+    a = json.dumps(image_record("a.png", [], 1, 1))
+    b = json.dumps(error_record("b.png", "bad"))
+    p = tmp_path / "out.jsonl"
+    p.write_text("\n".join([a, "[1, 2]", "3", '"x"', "null", b]) + "\n")
+    with caplog.at_level("WARNING"):
+        assert main(["merge", str(p), "-o", str(tmp_path / "all.jsonl")]) == 0
+    assert "4 incomplete or unparsable line(s)" in caplog.text
+    assert (tmp_path / "all.jsonl").read_text() == a + "\n" + b + "\n"
+    j = Journal(p)
+    j.close()
+    assert j.done == {("a.png", None), ("b.png", None)}
+    assert _lines(p) == [json.loads(a), json.loads(b)]
 
 
 # -- inputs ------------------------------------------------------------------------------------
