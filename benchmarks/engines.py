@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +101,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             sec = _time(lambda e=engine, x=x: e(x), args.warmup, args.repeat)
             base = sec if (backend, precision) == ("torch", "fp32") else base
             dev = max(float((g - w).abs().max() / w.abs().max()) for g, w in zip(got, want, strict=True))
-            row.update(ms=1000 * sec, vs_eager_fp32=(base / sec) if base else None, rel_dev=dev)
+            row.update(ms=1000 * sec, vs_eager_fp32=(base / sec) if base is not None else None, rel_dev=dev)
             rows.append(row)
             logger.info("%s %s %s: %.1f ms", name, backend, precision, 1000 * sec)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of ``run``'s rows: the median in ms, the speed-up over eager fp32 torch
+    ("n/a" when that failed or is unavailable for the network) and the relative deviation."""
     lines = [
         "| network | backend | precision | ms (median) | vs eager fp32 | rel. deviation |",
         "|---|---|---|---|---|---|",
@@ -116,14 +120,22 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"| {r['network']} | {r['backend']} | {r['precision']} | unavailable: {r['error']} | | |"
             )
         else:
+            vs = "n/a" if r["vs_eager_fp32"] is None else f"{r['vs_eager_fp32']:.2f}x"
             lines.append(
                 f"| {r['network']} | {r['backend']} | {r['precision']} | {r['ms']:.1f} | "
-                f"{r['vs_eager_fp32']:.2f}x | {r['rel_dev']:.1e} |"
+                f"{vs} | {r['rel_dev']:.1e} |"
             )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_line(argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run: ``argv`` (the arguments, default ``sys.argv[1:]``)
+    shell-quoted after ``python benchmarks/engines.py``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", "benchmarks/engines.py", *args])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, required=True, help="directory with the three .pth files")
     p.add_argument("--networks", nargs="+", choices=list(SHAPES), default=list(SHAPES))
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rows = run(args)
     sys.stdout.write(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, command: {' '.join(sys.argv)}\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, command: {command_line(argv)}\n"
     )
     sys.stdout.write(table(rows) + "\n")
     if args.json:

@@ -7,9 +7,15 @@ from disk and decoded, in the stream's worker threads) and samples the process's
 size from ``/proc/self/statm`` (on CUDA also the GPU memory torch holds in tensors) every
 ``--every`` images. It reports the RSS after the warm-up (the first ``--warmup`` images: engines,
 allocator pools and thread pools are made there), the peak and last samples after it, and the
-least-squares growth over the samples after the warm-up in MiB
-per 1,000 images; the exit status is 1 when that growth exceeds ``--max-growth``.
-``--max-seconds`` ends the stream early (at the next sample) to fit a time budget.
+least-squares growth over the samples taken at or after the warm-up in MiB per 1,000 images.
+The growth needs at least two such samples spanning at least ``--every`` images; with fewer the
+verdict is inconclusive (no growth: null in the JSON). ``--max-seconds`` ends the stream early
+(at the next sample) to fit a time budget.
+
+Exit status: 0 the memory stayed flat (growth at most ``--max-growth``); 1 it grew past
+``--max-growth``, or an image failed; 2 bad arguments; 3 inconclusive (fewer than two samples at
+or after the warm-up, or spanning less than ``--every`` images: stream more images, or lower
+``--warmup`` or ``--every``).
 
 10,000 images through the full networks take hours on a 2-core CPU, so the detector's config can
 be made cheaper: ``--img-scale`` (the detector's input size) and ``--max-faces`` (its
@@ -27,7 +33,9 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -55,33 +63,80 @@ def rss_bytes() -> int:
 
 
 def growth_per_1000(images: Sequence[int], rss: Sequence[int]) -> float:
-    """Least-squares slope of ``rss`` (bytes) against ``images`` (counts), in MiB per 1,000
-    images; 0.0 for fewer than two samples."""
-    if len(images) < 2:
-        return 0.0
+    """Least-squares slope of ``rss`` (bytes, one per sample) against ``images`` (image counts,
+    same length, at least two distinct), in MiB per 1,000 images."""
+    if len(set(images)) < 2:
+        raise ValueError(f"a slope needs samples at two image counts at least, got {list(images)}")
     slope = np.polyfit(np.asarray(images, dtype=np.float64), np.asarray(rss, dtype=np.float64), 1)[0]
     return float(slope) * 1000 / MIB
 
 
-def summarize(samples: Sequence[tuple[int, int]], warmup: int, what: str = "rss") -> dict[str, Any]:
-    """``samples``: (images done, bytes) in order. Figures in MiB, keys prefixed ``what``, over
-    the samples taken at or after ``warmup`` images (all samples when none is)."""
-    after = [s for s in samples if s[0] >= warmup] or list(samples)
-    images, used = [s[0] for s in after], [s[1] for s in after]
+def fit_growth(
+    samples: Sequence[tuple[int, int]], warmup: int, every: int
+) -> tuple[float | None, str | None]:
+    """The growth after the warm-up: ``samples`` are (images done, bytes) in order; only those at
+    or after ``warmup`` images count. Returns (MiB per 1,000 images, None) when at least two of
+    them span at least ``every`` images, else (None, why the growth is inconclusive)."""
+    after = [s for s in samples if s[0] >= warmup]
+    if len(after) >= 2 and after[-1][0] - after[0][0] >= every:
+        return growth_per_1000([s[0] for s in after], [s[1] for s in after]), None
+    # the first sample at or after the warm-up is at the first multiple of --every there
+    needed = math.ceil(warmup / every) * every + every
+    if not after:
+        last = f" (the last at {samples[-1][0]} images)" if samples else ""
+        got = f"no sample at or after the {warmup}-image warm-up{last}"
+    elif len(after) == 1:
+        got = f"1 sample at or after the {warmup}-image warm-up (at {after[0][0]} images)"
+    else:
+        got = (
+            f"{len(after)} samples at or after the {warmup}-image warm-up, spanning "
+            f"{after[-1][0] - after[0][0]} images ({after[0][0]} to {after[-1][0]})"
+        )
+    why = (
+        f"{got}; the growth needs 2 samples spanning at least --every {every} images: stream at "
+        f"least {needed} images (--num-images, --max-seconds) or lower --warmup or --every"
+    )
+    return None, why
+
+
+def summarize(
+    samples: Sequence[tuple[int, int]], warmup: int, every: int, what: str = "rss"
+) -> dict[str, Any]:
+    """``samples``: (images done, bytes) in order, one every ``every`` images. Figures in MiB
+    (None when no sample is at or after the warm-up), keys prefixed ``what``, over the samples
+    taken at or after ``warmup`` images; ``{what}_after_warmup_images`` is the image count of the
+    first of them. The growth (MiB per 1,000 images) is None when inconclusive, and
+    ``{what}_growth_inconclusive`` then says why (see ``fit_growth``)."""
+    after = [s for s in samples if s[0] >= warmup]
+    used = [s[1] for s in after]
+    growth, why = fit_growth(samples, warmup, every)
     return {
-        f"{what}_after_warmup_mib": used[0] / MIB,
-        f"{what}_peak_mib": max(used) / MIB,
-        f"{what}_last_mib": used[-1] / MIB,
-        f"{what}_growth_mib_per_1000_images": growth_per_1000(images, used),
+        f"{what}_after_warmup_images": after[0][0] if after else None,
+        f"{what}_after_warmup_mib": used[0] / MIB if used else None,
+        f"{what}_peak_mib": max(used) / MIB if used else None,
+        f"{what}_last_mib": used[-1] / MIB if used else None,
+        f"{what}_growth_mib_per_1000_images": growth,
+        f"{what}_growth_inconclusive": why,
         f"{what}_samples": [[n, b / MIB] for n, b in samples],
     }
 
 
 def verdict(result: dict[str, Any], max_growth: float) -> int:
-    """The exit status: 1 when an image failed or the RSS (or, on CUDA, the GPU memory torch
-    holds in tensors) grew by more than ``max_growth`` MiB per 1,000 images after the warm-up."""
-    growth = [result["rss_growth_mib_per_1000_images"], result.get("gpu_growth_mib_per_1000_images", 0.0)]
-    return 1 if result["failed"] or max(growth) > max_growth else 0
+    """The exit status from a ``run`` result: 1 when an image failed or the RSS (or, on CUDA, the
+    GPU memory torch holds in tensors) grew by more than ``max_growth`` MiB per 1,000 images after
+    the warm-up; else 3 when a growth is inconclusive (None); else 0."""
+    keys = ["rss_growth_mib_per_1000_images", "gpu_growth_mib_per_1000_images"]
+    growth = [result[k] for k in keys if k in result]
+    if result["failed"] or any(g is not None and g > max_growth for g in growth):
+        return 1
+    return 3 if any(g is None for g in growth) else 0
+
+
+def command_line(argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run: ``argv`` (the arguments, default ``sys.argv[1:]``)
+    shell-quoted after ``python benchmarks/memory.py``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", "benchmarks/memory.py", *args])
 
 
 def _detector(args: argparse.Namespace, weights: Path) -> afd_trt.Detector:
@@ -156,7 +211,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     break
         seconds = time.perf_counter() - t0
     result = {
-        "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
         "images": done,
         "images_asked": args.num_images,
         "distinct_files": len(paths),
@@ -175,11 +229,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_images": args.warmup,
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
-        **summarize(samples, args.warmup),
+        **summarize(samples, args.warmup, args.every),
     }
     if cuda:
         result["gpu"] = torch.cuda.get_device_name(det.device)
-        result.update(summarize(gpu_samples, args.warmup, "gpu"))
+        result.update(summarize(gpu_samples, args.warmup, args.every, "gpu"))
     return result
 
 
@@ -229,24 +283,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run, write ``--json``, log the summary; returns the exit status (see ``verdict``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    result = run(args)
+    result = {"command": command_line(argv), **run(args)}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     logger.info(
-        "%d images (%d faces, %d failed) at %.1f images/s: RSS %.1f MiB after %d images, peak %.1f, "
-        "last %.1f; growth %.3f MiB per 1,000 images",
+        "%d images (%d faces, %d failed) at %.1f images/s",
         result["images"],
         result["faces"],
         result["failed"],
         result["images_per_s"],
-        result["rss_after_warmup_mib"],
-        args.warmup,
-        result["rss_peak_mib"],
-        result["rss_last_mib"],
-        result["rss_growth_mib_per_1000_images"],
     )
+    if result["rss_after_warmup_images"] is not None:
+        logger.info(
+            "RSS %.1f MiB after %d images, peak %.1f, last %.1f",
+            result["rss_after_warmup_mib"],
+            result["rss_after_warmup_images"],
+            result["rss_peak_mib"],
+            result["rss_last_mib"],
+        )
+    if result["rss_growth_mib_per_1000_images"] is None:
+        logger.warning("growth inconclusive (exit status 3): %s", result["rss_growth_inconclusive"])
+    else:
+        logger.info("growth %.3f MiB per 1,000 images", result["rss_growth_mib_per_1000_images"])
     return verdict(result, args.max_growth)
 
 
