@@ -612,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (help_text, add_args, _) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help_text, description=help_text))
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports
     level = args.log_level or ("WARNING" if getattr(args, "quiet", False) else "INFO")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     return COMMANDS[args.command][2](args)

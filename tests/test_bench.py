@@ -92,7 +92,10 @@ def test_bench_against_upstream(
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["images"] == 2
-    assert r["size"] == "256x256,320x192"
+    assert r["size"] == "320x192,256x256"  # in the order of --size
+    assert r["images_source"] == f"windows of {TADNE_GRID.resolve()} (seed 0), JPEG quality 95"
+    assert r["weights"] == str(wdir.resolve())
+    assert r["command"].startswith(f"afd-trt bench --weights {wdir} --num-images 2 ")
     assert r["faces"] > 0
     assert r["failed"] == []
     assert r["outputs_identical"] is True
@@ -105,6 +108,8 @@ def test_bench_against_upstream(
         "decode", "preprocess", "detector", "nms", "warp", "landmarks", "heatmap_decode",
     }  # fmt: skip
     assert thr["faces_per_s"] == pytest.approx(r["faces"] / thr["seconds"])
+    # one batch of 2: read of its first image -> its last result, within the pass's wall time
+    assert 0 < thr["batch_latency"]["p50_ms"] <= thr["batch_interval"]["p50_ms"] <= 1000 * thr["seconds"]
     assert thr["stages_pass"] == "same"  # timing a stage on the CPU synchronises nothing
     # Landmark GFLOP: faces x 2 (flip) x one crop's.
     one = bench.network_gflop("hrnetv2", (1, 3, 256, 256))
@@ -279,6 +284,35 @@ def test_compare_faces_pairs_by_order_then_by_iou() -> None:
     extra = bench.compare_faces([a, b, _face([200, 200, 220, 220, 0.1], 0.0)], [a, b])
     assert (extra["pairs"], extra["unmatched_ours"], extra["unmatched_ref"]) == (2, 1, 0)
     assert bench.compare_faces([], [a])["unmatched_ref"] == 1
+
+
+def test_compare_faces_never_hides_a_nan() -> None:
+    """``max(0.0, nan)`` is 0.0: a NaN on one side must count as infinitely far off (so the
+    outputs neither agree nor are identical), a NaN on both sides as the same value."""
+    a = _face([0, 0, 10, 10, 0.9], 1.0)
+    nan_kp = _face([0, 0, 10, 10, 0.9], 1.0)
+    nan_kp["keypoints"][3, 0] = np.nan
+    one_side = bench.compare_faces([nan_kp], [a])
+    assert one_side["keypoint_px"] == np.inf
+    assert np.isinf(one_side["keypoint_dist"]).sum() == 1
+    assert bench.compare_faces([a], [nan_kp])["keypoint_px"] == np.inf
+    assert bench.compare_faces([nan_kp], [nan_kp])["keypoint_px"] == 0.0
+    nan_score = _face([0, 0, 10, 10, np.nan], 1.0)
+    assert bench.compare_faces([nan_score], [a])["box_score"] == np.inf
+    inf_box = _face([0, 0, np.inf, 10, 0.9], 1.0)
+    same_inf = bench.compare_faces([inf_box], [inf_box])
+    assert (same_inf["pairs"], same_inf["box_px"]) == (1, 0.0)
+
+
+def test_compare_faces_pairs_the_best_scored_reference_face_first() -> None:
+    """Out of order, the reference's faces are paired by descending score: the better-scored
+    of two reference faces overlapping one of ours gets it."""
+    ours = [_face([0, 0, 10, 10, 0.5], 0.0), _face([100, 100, 110, 110, 0.4], 0.0)]
+    low = _face([0, 0, 10, 9, 0.2], 0.0)  # IoU 0.9 with ours[0]
+    high = _face([0, 0, 10, 8, 0.8], 0.0)  # IoU 0.8 with ours[0]
+    cmp = bench.compare_faces(ours, [low, high])
+    assert (cmp["pairs"], cmp["unmatched_ours"], cmp["unmatched_ref"]) == (1, 1, 1)
+    assert cmp["box_px"] == pytest.approx(2.0)  # paired with ``high``, not ``low``
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
