@@ -34,7 +34,15 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ENV_MAX_PIXELS", "ImageInput", "load_image", "max_pixels_limit", "to_bgr"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ENV_MAX_PIXELS",
+    "ImageInput",
+    "load_image",
+    "max_pixels_limit",
+    "opencv_can_open",
+    "to_bgr",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -209,10 +217,29 @@ def _check_file(path: Path, limit: int, name: str) -> bool:
     return truncated
 
 
+def opencv_can_open(path: str | os.PathLike[str]) -> bool:
+    """Whether OpenCV can be given ``path`` by name: its bindings pass names as UTF-8, and a name
+    that is not (a Linux file name with undecodable bytes, held by Python as lone surrogates,
+    e.g. ``os.fsdecode(b"x\\xff.png")``) crashes the process inside ``cv2.imread`` and
+    ``cv2.VideoCapture`` (a segmentation fault with OpenCV 5.1)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _load_file(path: Path, limit: int) -> np.ndarray:
     name = f"image {str(path)!r}"
     truncated = _check_file(path, limit, name)
-    decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if opencv_can_open(path):
+        decoded = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    else:  # the same decoder on the file's bytes (EXIF orientation, 16-bit scaling alike)
+        try:
+            data = np.fromfile(path, np.uint8)
+        except OSError as e:
+            raise ValueError(f"{name}: cannot read it: {e.strerror or e}") from e
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if decoded is None:
         raise ValueError(f"{name}: OpenCV could not decode it (corrupt, truncated or unsupported format)")
     if truncated:
