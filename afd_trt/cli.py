@@ -401,12 +401,21 @@ def _run_detect(args: argparse.Namespace) -> int:
         draw_landmark_threshold=args.draw_landmark_threshold,
         progress=not args.quiet,
         shard=args.shard,
+        settings=_result_settings(args),
     )
     if opts.format == "coco" and opts.journal_path().resolve() == opts.output.resolve():
         logger.error("--journal must differ from the COCO output %s", opts.output)
         return 2
-    try:
-        check_run_settings(opts.journal_path(), _result_settings(args), overwrite=opts.overwrite)
+    if opts.format == "jsonl" and opts.journal_path().resolve() != opts.output.resolve():
+        logger.error(
+            "--journal %s: with --format jsonl the output %s is the journal; --journal names the "
+            "journal of a --format coco run",
+            opts.journal,
+            opts.output,
+        )
+        return 2
+    try:  # before the models load, to fail fast; recorded once the journal is opened, under its lock
+        check_run_settings(opts.journal_path(), opts.settings or {}, overwrite=opts.overwrite, record=False)
     except SettingsMismatchError as e:
         logger.error("%s", e)
         return 2
@@ -423,6 +432,9 @@ def _run_detect(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = run_detect_job(det, opts)
+    except ValueError as e:  # the journal's settings differ, or OUTPUT is not a journal
+        logger.error("%s", e)
+        return 2
     except (OSError, RuntimeError) as e:
         logger.error("detect stopped: %s", e)
         return 1

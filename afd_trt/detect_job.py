@@ -33,7 +33,7 @@ import numpy as np
 
 from .crops import aligned_crop_matrix, box_crop_matrix, crop_name, source_tag, warp_crop
 from .draw import draw_faces
-from .image import load_image
+from .image import load_image, opencv_can_open
 from .outputs import (
     coco_from_records,
     error_record,
@@ -102,17 +102,23 @@ def _link_target(path: str) -> str:
         return f"(unreadable: {e.strerror})"
 
 
-def _walk(folder: Path, exts: Sequence[str]) -> list[InputSpec]:
+def _walk(folder: Path, exts: Sequence[str], skip: frozenset[str] = frozenset()) -> list[InputSpec]:
     """The files under ``folder`` whose extension (any case) is in ``exts``, recursively, sorted
     by path: files and links to files, and links whose target is gone as ``"broken"`` inputs (so
     they are recorded, not silently dropped). Links to folders are not entered (``Path.rglob``'s
-    rule: no cycles); a folder that cannot be listed is logged as a warning."""
+    rule: no cycles), nor folders whose real path is in ``skip`` (the job's own crops and
+    drawings); a folder that cannot be listed is logged as a warning."""
 
     def unreadable(e: OSError) -> None:
         logger.warning("folder %s: cannot list it (%s); its files are not processed", e.filename, e.strerror)
 
     found: list[InputSpec] = []
-    for root, _dirs, files in os.walk(folder, onerror=unreadable):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        if skip:
+            kept = [d for d in dirs if os.path.realpath(os.path.join(root, d)) not in skip]
+            if len(kept) < len(dirs):
+                logger.info("%s: leaving out this job's own output folder(s)", root)
+            dirs[:] = kept
         for name in files:
             if os.path.splitext(name)[1].lower() not in exts:
                 continue
@@ -124,16 +130,26 @@ def _walk(folder: Path, exts: Sequence[str]) -> list[InputSpec]:
     return sorted(found, key=lambda spec: spec.path)
 
 
-def _expand_one(item: str, allow_list: bool, exts: Sequence[str]) -> Iterator[InputSpec]:
+def _in_skipped(path: str, skip: frozenset[str]) -> bool:
+    """Whether ``path`` lies in one of the folders ``skip`` (real paths)."""
+    real = os.path.realpath(path)
+    return any(real.startswith(folder + os.sep) for folder in skip)
+
+
+def _expand_one(
+    item: str, allow_list: bool, exts: Sequence[str], skip: frozenset[str]
+) -> Iterator[InputSpec]:
     if allow_list and item.startswith("@") and len(item) > 1:
-        for line in Path(item[1:]).read_text(encoding="utf-8").splitlines():
+        # surrogateescape: a name that is not UTF-8 keeps its bytes and still opens
+        text = Path(item[1:]).read_text(encoding="utf-8", errors="surrogateescape")
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                yield from _expand_one(line, allow_list=False, exts=exts)
+                yield from _expand_one(line, allow_list=False, exts=exts, skip=skip)
         return
     path = Path(item)
     if path.is_dir():
-        found = _walk(path, exts)
+        found = _walk(path, exts, skip)
         if not found:
             logger.warning("folder %s: no files with extensions %s", item, " ".join(exts))
         yield from found
@@ -146,15 +162,19 @@ def _expand_one(item: str, allow_list: bool, exts: Sequence[str]) -> Iterator[In
         if not matches:
             yield InputSpec(item, "missing")
         for m in matches:
+            if _in_skipped(m, skip) or os.path.realpath(m) in skip:
+                continue
             if Path(m).is_dir():
-                yield from _walk(Path(m), exts)
+                yield from _walk(Path(m), exts, skip)
             else:  # glob lists links whose target is gone, too
                 yield _classify(m) if os.path.exists(m) else InputSpec(m, "broken")
     else:
         yield InputSpec(item, "missing")
 
 
-def expand_inputs(items: Sequence[str], exts: Sequence[str] | None = None) -> list[InputSpec]:
+def expand_inputs(
+    items: Sequence[str], exts: Sequence[str] | None = None, exclude: Sequence[str | Path] = ()
+) -> list[InputSpec]:
     """Expand command-line inputs, in order, without duplicates (first occurrence wins).
 
     - an existing file: an image, or a video when its extension is in ``VIDEO_EXTS``;
@@ -166,12 +186,16 @@ def expand_inputs(items: Sequence[str], exts: Sequence[str] | None = None) -> li
       starting with ``#`` ignored);
     - anything else: a ``"missing"`` input.
 
+    Folder walks and patterns leave out the folders ``exclude`` (a job's own crops and drawings,
+    which would otherwise become inputs of its next run); a file named explicitly is kept.
     Paths are normalised with ``os.path.normpath`` (the journal key), not resolved.
     """
     seen: set[str] = set()
     out: list[InputSpec] = []
+    skip = frozenset(os.path.realpath(p) for p in exclude)
+    ext_list = tuple(exts) if exts else IMAGE_EXTS + VIDEO_EXTS
     for item in items:
-        for spec in _expand_one(item, allow_list=True, exts=tuple(exts) if exts else IMAGE_EXTS + VIDEO_EXTS):
+        for spec in _expand_one(item, allow_list=True, exts=ext_list, skip=skip):
             norm = InputSpec(os.path.normpath(spec.path), spec.kind)
             if norm.path not in seen:
                 seen.add(norm.path)
@@ -291,6 +315,12 @@ def _iter_video(
     if videos is not None and videos.finished(path, done, every):
         logger.info("%s: every sampled frame is done; skipped without decoding", path)
         return
+    if not opencv_can_open(path):
+        if (path, None) not in done:
+            yield WorkItem(
+                path, error="the file name is not UTF-8, which OpenCV cannot open videos by; rename it"
+            )
+        return
     cap = cv2.VideoCapture(path)
     try:
         if not cap.isOpened():
@@ -314,7 +344,8 @@ def _iter_video(
         elif videos is not None:
             videos.record(path, index)
     except cv2.error as e:
-        yield WorkItem(path, error=f"video decoding failed: {e}")
+        if (path, None) not in done:  # recorded once, not again on every resume
+            yield WorkItem(path, error=f"video decoding failed: {e}")
     finally:
         cap.release()
 
@@ -360,9 +391,11 @@ def _estimate_total(
         if left is not None:
             total += left
             continue
-        cap = cv2.VideoCapture(spec.path)
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
-        cap.release()
+        n = 0
+        if opencv_can_open(spec.path):
+            cap = cv2.VideoCapture(spec.path)
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+            cap.release()
         total += max(0, math.ceil(n / every) - per_video.get(spec.path, 0)) if n > 0 else 1
     return total
 
@@ -379,13 +412,17 @@ def settings_path(journal: Path) -> Path:
     return journal.with_name(journal.name + ".settings.json")
 
 
-def check_run_settings(journal: Path, settings: dict[str, Any], *, overwrite: bool = False) -> None:
+def check_run_settings(
+    journal: Path, settings: dict[str, Any], *, overwrite: bool = False, record: bool = True
+) -> None:
     """Record ``settings`` (JSON values) beside ``journal``, or check them against the recorded ones.
 
-    A new (or ``overwrite``-n, or empty) journal gets its settings written atomically. Resuming a
-    journal whose recorded settings differ raises :class:`SettingsMismatchError` listing each
-    difference, so one output never mixes results of different models or options. A journal
-    from before settings were recorded is adopted with the current ones.
+    A new (or ``overwrite``-n, or empty) journal gets its settings written atomically (unless
+    ``record`` is False: check only, as a command does before it has loaded its models, so that
+    a run that then fails to start changes nothing). Resuming a journal whose recorded settings
+    differ raises :class:`SettingsMismatchError` listing each difference, so one output never
+    mixes results of different models or options. A journal from before settings were recorded
+    is adopted with the current ones.
     """
     side = settings_path(journal)
     has_records = journal.exists() and journal.stat().st_size > 0
@@ -411,6 +448,8 @@ def check_run_settings(journal: Path, settings: dict[str, Any], *, overwrite: bo
                 "or start over with --overwrite, or write to another output"
             )
         return
+    if not record:
+        return
     if has_records and not overwrite:
         logger.info("%s: no settings record (an older run); adopting the current settings", journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -418,8 +457,13 @@ def check_run_settings(journal: Path, settings: dict[str, Any], *, overwrite: bo
 
 
 def record_line(rec: dict[str, Any]) -> bytes:
-    """One journal line: the record as compact-enough UTF-8 JSON, newline-terminated."""
-    return (json.dumps(rec, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+    """One journal line: the record as compact-enough UTF-8 JSON, newline-terminated. A path
+    with bytes that are not UTF-8 (held by Python as lone surrogates) is written \\u-escaped,
+    which reads back as the same ``str``, so the input is still recognised on resume."""
+    try:
+        return (json.dumps(rec, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(rec, ensure_ascii=True, allow_nan=True) + "\n").encode("ascii")
 
 
 def _complete_records(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -493,14 +537,60 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
     return records
 
 
+def journal_lock_path(journal: Path) -> Path:
+    """The lock file of a journal: ``<journal>.lock`` (kept: deleting lock files races)."""
+    return journal.with_name(journal.name + ".lock")
+
+
+def _lock_journal(journal: Path) -> int:
+    """An exclusive, non-blocking ``flock`` on the journal's lock file: its descriptor (closing
+    it releases the lock); ``RuntimeError`` when another process holds it. Not the journal itself,
+    which a repair replaces by a rename, so a lock on it would not stop a second process."""
+    fd = os.open(journal_lock_path(journal), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        raise RuntimeError(f"{journal} is in use by another afd-trt process") from e
+    return fd
+
+
+def _refuse_a_foreign_file(journal: Path) -> None:
+    """``ValueError`` when ``journal`` exists, has no settings record beside it and does not
+    start with a complete journal record: not ours (a COCO file, a list, another tool's output
+    named by mistake), so resuming would cut or rewrite someone else's data."""
+    if settings_path(journal).exists() or not journal.exists() or journal.stat().st_size == 0:
+        return
+    with journal.open("rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        if not first.endswith(b"\n"):
+            raise ValueError("no complete first line")
+        record_key(json.loads(first))
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(
+            f"{journal} exists and is not an afd-trt journal (no settings record beside it and its "
+            "first line is not a record); name another output, or --overwrite to replace it"
+        ) from None
+
+
 class Journal:
     """The JSON Lines result file, append-only, one complete record per line.
 
-    Opening reads the records already there (their keys are ``done``). It repairs what a crash
-    can leave: a torn last line is cut off (the file truncated to its last complete line);
-    unparsable lines and, with ``retry_errors``, error records are dropped (the file is then
-    rewritten atomically). ``overwrite`` starts an empty file. A second process appending to the
-    same journal is refused (``flock``, where available).
+    Opening first takes the journal's lock (``flock`` on ``<journal>.lock``, kept beside it;
+    where available): a second process opening the same journal is refused before it reads or
+    changes anything, the settings record included. With ``settings``, they are then checked
+    against (and recorded beside) the journal, see :func:`check_run_settings`. Opening reads the
+    records already there (their keys are ``done``) and repairs what a crash can leave: a torn
+    last line is cut off (the file truncated to its last complete line); unparsable lines and,
+    with ``retry_errors``, error records are dropped (the file is then rewritten atomically).
+    ``overwrite`` starts an empty file. A file that is not a journal (no settings record, and a
+    first line that is not a record: another program's output named by mistake) is refused,
+    never cut or rewritten.
     """
 
     def __init__(
@@ -509,6 +599,7 @@ class Journal:
         *,
         overwrite: bool = False,
         retry_errors: bool = False,
+        settings: dict[str, Any] | None = None,
         fsync_seconds: float = 2.0,
         fsync_records: int = 200,
     ) -> None:
@@ -517,28 +608,26 @@ class Journal:
         self.done: set[Key] = set()
         self.loaded = 0
         self.loaded_errors = 0
+        self.loaded_error_keys: set[Key] = set()
         self._fsync_seconds = fsync_seconds
         self._fsync_records = fsync_records
         self._unsynced = 0
         self._last_sync = time.monotonic()
-        if overwrite:
-            self.path.write_bytes(b"")
-        elif self.path.exists():
-            self._repair(retry_errors)
-        self._fd = self._open_locked()
-
-    def _open_locked(self) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = -1
+        self._lock_fd = _lock_journal(self.path)
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            raise RuntimeError(f"{self.path} is in use by another afd-trt process") from e
-        return fd
+            if not overwrite:
+                _refuse_a_foreign_file(self.path)
+            if settings is not None:
+                check_run_settings(self.path, settings, overwrite=overwrite)
+            if overwrite:
+                self.path.write_bytes(b"")
+            elif self.path.exists():
+                self._repair(retry_errors)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
 
     def _repair(self, retry_errors: bool) -> None:
         data = self.path.read_bytes()
@@ -568,7 +657,9 @@ class Journal:
                 dropped_dup += 1
                 continue
             self.done.add(key)
-            self.loaded_errors += "error" in rec
+            if "error" in rec:
+                self.loaded_errors += 1
+                self.loaded_error_keys.add(key)
             kept.append(line)
         self.loaded = len(kept)
         if dropped_bad or dropped_err or dropped_dup:
@@ -596,6 +687,33 @@ class Journal:
         if self._unsynced >= self._fsync_records or now - self._last_sync >= self._fsync_seconds:
             self.sync()
 
+    def drop(self, keys: set[Key]) -> int:
+        """Rewrite the journal (atomically, under its lock) without the records of ``keys``; how
+        many were dropped. Reads the whole file: for rare repairs, not for every record."""
+        self.sync()
+        kept: list[bytes] = []
+        dropped: set[Key] = set()
+        with self.path.open("rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    continue
+                try:
+                    key = record_key(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if key in keys:
+                    dropped.add(key)
+                else:
+                    kept.append(line)
+        if dropped:
+            write_bytes_atomic(self.path, b"".join(kept))
+            os.close(self._fd)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            self.done -= dropped
+            self.loaded_errors -= len(dropped & self.loaded_error_keys)
+            self.loaded_error_keys -= dropped
+        return len(dropped)
+
     def sync(self) -> None:
         if self._unsynced:
             os.fsync(self._fd)
@@ -603,10 +721,14 @@ class Journal:
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
+        """Sync and close the file, then release the lock (once; later calls do nothing)."""
         if self._fd >= 0:
             self.sync()
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record of the file, in order (complete lines only)."""
@@ -646,6 +768,7 @@ class DetectOptions:
     draw_landmark_threshold: float = 0.3
     progress: bool = True
     shard: tuple[int, int] | None = None  # (K, N): only the inputs of shard K of N (see shard_of)
+    settings: dict[str, Any] | None = None  # checked against / recorded beside the journal
 
     def journal_path(self) -> Path:
         """The JSON Lines file: ``output`` itself, or for ``--format coco`` ``<output>.jsonl``."""
@@ -693,11 +816,20 @@ def _describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
+class EncodeError(ValueError):
+    """An image that cannot be written in the asked format (e.g. a JPEG side over 65,500 px)."""
+
+
 def _encode(image: np.ndarray, ext: str) -> bytes:
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in ("jpg", "jpeg") else []
-    ok, buf = cv2.imencode(f".{ext}", image, params)
+    try:
+        ok, buf = cv2.imencode(f".{ext}", image, params)
+    except cv2.error as e:
+        raise EncodeError(
+            f"OpenCV cannot encode a {image.shape[1]}x{image.shape[0]} .{ext} image: {e}"
+        ) from e
     if not ok:
-        raise OSError(f"could not encode a .{ext} image")
+        raise EncodeError(f"OpenCV cannot encode a {image.shape[1]}x{image.shape[0]} .{ext} image")
     return bytes(buf.tobytes())
 
 
@@ -737,7 +869,10 @@ def _process(opts: DetectOptions, item: WorkItem, res: StreamResult) -> tuple[di
             image = res.image if res.image is not None else load_image(item.path)
         except (OSError, TypeError, ValueError) as e:  # changed or removed since detection
             return error_record(item.path, _describe_error(e), item.frame, item.time), 0
-        _write_files(opts, item, image, faces)
+        try:
+            _write_files(opts, item, image, faces)
+        except EncodeError as e:  # this input's (its size); a write error (disk full) stops the job
+            return error_record(item.path, f"writing its crops or drawing: {e}", item.frame, item.time), 0
     if res.width is None or res.height is None:  # never for a decoded image
         return error_record(item.path, "no image size in the result", item.frame, item.time), 0
     return image_record(item.path, faces, res.width, res.height, item.frame, item.time), len(faces)
@@ -758,14 +893,18 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
     """Run a detect job (see the module docstring) through ``det.stream``; returns its summary."""
     if opts.every < 1:
         raise ValueError(f"--every must be >= 1, got {opts.every}")
-    specs = expand_inputs(opts.inputs, opts.exts)
+    specs = expand_inputs(
+        opts.inputs, opts.exts, exclude=[d for d in (opts.crops, opts.draw) if d is not None]
+    )
     if not specs:
         logger.warning("no inputs: %s held no images or videos", " ".join(map(str, opts.inputs)))
     if opts.shard is not None:
         everything = len(specs)
         specs = in_shard(specs, opts.shard)
         logger.info("shard %d/%d: %d of %d inputs", *opts.shard, len(specs), everything)
-    journal = Journal(opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors)
+    journal = Journal(
+        opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors, settings=opts.settings
+    )
     videos = VideoIndex(videos_path(opts.journal_path()), reset=opts.overwrite)
     summary = Summary(skipped=journal.loaded, failed_before=journal.loaded_errors)
     t0 = time.perf_counter()
@@ -803,6 +942,18 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
                     logger.warning("%s: %s", where, rec["error"])
                 if bar is not None:
                     bar.update(1)
+        # A video that could not be opened before and has now been read to its end: its old
+        # error record would outlive the frames' (listed in COCO's errors, failing every run).
+        healed = {
+            key
+            for key in journal.loaded_error_keys
+            if key[1] is None and videos.finished(key[0], journal.done, opts.every)
+        }
+        if healed:
+            summary.failed_before -= journal.drop(healed)
+            logger.info(
+                "dropped the old error record of %d video(s) now read: %s", len(healed), sorted(healed)
+            )
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

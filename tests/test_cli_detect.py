@@ -477,6 +477,78 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert no_model.returncode == 2, no_model.stderr
     assert "cannot load the models" in no_model.stderr
+    journal = _cli("x.png", "-o", str(tmp_path / "o.jsonl"), "--journal", str(tmp_path / "j.jsonl"))
+    assert journal.returncode == 2
+    assert "with --format jsonl the output" in journal.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_run_that_cannot_start_changes_nothing(models: dict[str, Path], tmp_path: Path) -> None:
+    """--overwrite with other options and models that fail to load: the journal and its
+    settings stay as they were, so a later resume with the old options still matches."""
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), _tiles(1, 128)[0])
+    out = tmp_path / "o.jsonl"
+    first = _cli(str(img), "-o", str(out), *_model_args(models))
+    assert first.returncode == 0, first.stderr
+    before = (out.read_bytes(), (tmp_path / "o.jsonl.settings.json").read_bytes())
+    failed = _cli(
+        str(img), "-o", str(out), "--overwrite", "--min-score", "0.95", *_model_args(models),
+        "--landmark-checkpoint", str(tmp_path / "missing.pth"),
+    )  # fmt: skip
+    assert failed.returncode == 2, failed.stderr
+    assert (out.read_bytes(), (tmp_path / "o.jsonl.settings.json").read_bytes()) == before
+    mixed = _cli(str(img), "-o", str(out), "--min-score", "0.95", *_model_args(models))
+    assert mixed.returncode == 2
+    assert "min_score: recorded 0.0, now 0.95" in mixed.stderr
+
+
+def test_a_video_that_opens_at_last_loses_its_old_error(
+    models: dict[str, Path], inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """A video that could not be opened (copied while the job ran, say) is an error record; once
+    the file is whole and a rerun reads it to its end, that record goes: the frames stand alone,
+    the COCO output lists no error, and the run succeeds."""
+    video = tmp_path / "late.avi"
+    video.write_bytes(Path(inputs["video"]).read_bytes()[:200])  # not yet copied
+    out = tmp_path / "o.json"
+    first = _cli(str(video), "-o", str(out), "--format", "coco", *_model_args(models))
+    assert first.returncode == 1, first.stderr
+    assert [r.get("error", "")[:20] for r in _read_jsonl(tmp_path / "o.json.jsonl")] == [
+        "could not open video"
+    ]
+    video.write_bytes(Path(inputs["video"]).read_bytes())  # the copy is complete
+    second = _cli(str(video), "-o", str(out), "--format", "coco", *_model_args(models))
+    assert second.returncode == 0, second.stderr
+    records = _read_jsonl(tmp_path / "o.json.jsonl")
+    assert [r.get("frame") for r in records] == list(range(VIDEO_FRAMES))
+    assert not [r for r in records if "error" in r]
+    coco = json.loads(out.read_text())
+    assert coco["errors"] == []
+    assert len(coco["images"]) == VIDEO_FRAMES
+    third = _cli(str(video), "-o", str(out), "--format", "coco", *_model_args(models))
+    assert third.returncode == 0, third.stderr
+    assert "skipped without decoding" in third.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_processed(models: dict[str, Path], tmp_path: Path) -> None:
+    """OpenCV takes names as UTF-8: given a Linux name with another byte it crashed the process
+    (SIGSEGV in cv2.imread). The image is read from its bytes and recorded under its name."""
+    d = tmp_path / "in"
+    d.mkdir()
+    name = os.fsdecode(os.fsencode(str(d)) + b"/caf\xe9.png")
+    ok, buf = cv2.imencode(".png", _tiles(1, 128)[0])
+    assert ok
+    Path(name).write_bytes(buf.tobytes())
+    cv2.imwrite(str(d / "b.png"), _tiles(2, 128)[1])
+    out = tmp_path / "o.jsonl"
+    proc = _cli(str(d), "-o", str(out), *_model_args(models))
+    assert proc.returncode == 0, proc.stderr
+    recs = {r["path"]: r for r in _read_jsonl(out)}
+    assert set(recs) == {name, str(d / "b.png")}
+    assert (recs[name]["width"], recs[name]["height"]) == (128, 128)
+    again = _cli(str(d), "-o", str(out), *_model_args(models))
+    assert "2 already done" in again.stderr
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 
 from afd_trt.cli import main
 from afd_trt.config import load_config
+from afd_trt.crops import source_tag
 from afd_trt.detect_job import (
     InputSpec,
     Journal,
@@ -25,6 +26,7 @@ from afd_trt.detect_job import (
     in_shard,
     iter_work,
     parse_shard,
+    record_line,
     settings_path,
     shard_of,
 )
@@ -200,6 +202,99 @@ def test_journal_refuses_a_second_writer(tmp_path: Path) -> None:
         Journal(p)
     j.close()
     Journal(p).close()
+
+
+@pytest.mark.parametrize("how", ["overwrite", "retry_errors", "settings"])
+def test_a_refused_second_writer_changes_nothing(tmp_path: Path, how: str) -> None:
+    """The lock comes first: a second opening with --overwrite, --retry-errors (which rewrites
+    the file) or other settings is refused before it empties, replaces or re-records anything,
+    and the first writer's later records land in the file everyone reads."""
+    p = tmp_path / "out.jsonl"
+    first = Journal(p, settings={"model": "a"})
+    first.append(image_record("a.png", [], 1, 1))
+    first.append(error_record("b.png", "bad"))
+    first.sync()
+    before, side = p.read_bytes(), settings_path(p).read_bytes()
+    kwargs: dict[str, object] = {
+        "overwrite": {"overwrite": True},
+        "retry_errors": {"retry_errors": True},
+        "settings": {"settings": {"model": "b"}, "overwrite": True},
+    }[how]
+    with pytest.raises(RuntimeError, match="in use by another"):
+        Journal(p, **kwargs)  # type: ignore[arg-type]
+    assert p.read_bytes() == before
+    assert settings_path(p).read_bytes() == side
+    first.append(image_record("c.png", [], 1, 1))
+    first.close()
+    assert [r["path"] for r in _lines(p)] == ["a.png", "b.png", "c.png"]
+
+
+def test_journal_refuses_a_file_that_is_not_one(tmp_path: Path) -> None:
+    """-o naming another program's file (a COCO JSON, indented) by mistake: refused, untouched;
+    --overwrite replaces it as asked. A journal from before settings were recorded is adopted."""
+    p = tmp_path / "faces.json"
+    p.write_text(json.dumps({"images": [], "annotations": []}, indent=2))
+    before = p.read_bytes()
+    with pytest.raises(ValueError, match="is not an afd-trt journal"):
+        Journal(p)
+    assert p.read_bytes() == before
+    assert not settings_path(p).exists()
+    Journal(p, overwrite=True).close()
+    assert p.read_bytes() == b""
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps(image_record("a.png", [], 1, 1)) + "\n" + '{"path": "b.p')
+    j = Journal(old, settings={"model": "a"})
+    j.close()
+    assert j.done == {("a.png", None)}
+    assert json.loads(settings_path(old).read_text()) == {"model": "a"}
+
+
+def test_check_only_records_nothing(tmp_path: Path) -> None:
+    p = tmp_path / "out.jsonl"
+    check_run_settings(p, {"model": "a"}, record=False)
+    assert not settings_path(p).exists()
+    check_run_settings(p, {"model": "a"})
+    p.write_text(json.dumps(image_record("a.png", [], 1, 1)) + "\n")
+    with pytest.raises(SettingsMismatchError, match="model: recorded 'a', now 'b'"):
+        check_run_settings(p, {"model": "b"}, record=False)
+
+
+def test_record_line_keeps_a_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """A Linux file name with a byte that is not UTF-8 (a lone surrogate in Python) is written
+    escaped and reads back as the same path, so a resumed run skips it."""
+    name = os.fsdecode(b"shots/caf\xe9.png")
+    line = record_line(image_record(name, [], 4, 3))
+    line.decode("ascii")  # escaped, valid JSON text
+    p = tmp_path / "out.jsonl"
+    p.write_bytes(line)
+    assert Journal(p).done == {(name, None)}
+    assert os.fsencode(name) == b"shots/caf\xe9.png"
+
+
+def test_a_jobs_own_output_folders_are_not_its_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crops and drawings written inside an input folder would be the next run's inputs (and
+    crops of crops): folder walks and patterns leave them out; a file named explicitly stays."""
+    monkeypatch.chdir(tmp_path)
+    for name in ["in/a.png", "in/crops/a_f0.png", "in/drawn/a.jpg", "in/sub/b.png"]:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_bytes(b"")
+    os.symlink("crops", "in/crops_link")
+    skip = ["in/crops", "in/drawn"]
+    want = [InputSpec("in/a.png", "image"), InputSpec("in/sub/b.png", "image")]
+    assert expand_inputs(["in"], exclude=skip) == want
+    assert expand_inputs(["in/**/*.png", "in/**/*.jpg"], exclude=skip) == want
+    assert expand_inputs(["in/crops/a_f0.png"], exclude=skip) == [InputSpec("in/crops/a_f0.png", "image")]
+    assert len(expand_inputs(["in"])) == 4  # nothing left out without ``exclude``
+
+
+def test_a_list_file_that_is_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = os.fsdecode(b"caf\xe9.png")
+    Path(name).write_bytes(b"")
+    Path("list.txt").write_bytes(b"caf\xe9.png\n")
+    assert expand_inputs(["@list.txt"]) == [InputSpec(name, "image")]
 
 
 def test_write_bytes_atomic_leaves_no_temporaries(tmp_path: Path) -> None:
@@ -549,3 +644,26 @@ def test_cli_max_pixels_refuses_large_files(
     assert rec["path"] == str(img)
     assert "50x40" in rec["error"]
     assert "1999" in rec["error"]
+
+
+def test_an_image_too_wide_to_draw_is_that_images_failure(tmp_path: Path) -> None:
+    """JPEG cannot hold a side over 65,500 px, so the drawing of a 66,000-px strip cannot be
+    written: that input's record is an error naming why (the job goes on; it stopped before),
+    while a write failure of the disk's kind still stops the job."""
+    from afd_trt.detect_job import DetectOptions, WorkItem, _process
+    from afd_trt.detector import StreamResult
+
+    strip = np.full((8, 66_000, 3), 128, np.uint8)
+    face = {"bbox": np.array([10, 1, 30, 7, 0.9], np.float32), "keypoints": np.zeros((28, 3), np.float32)}
+    opts = DetectOptions(inputs=[], output=tmp_path / "o.jsonl", draw=tmp_path / "drawn")
+    res = StreamResult(0, "strip.png", faces=[face], height=8, width=66_000, image=strip)
+    rec, n = _process(opts, WorkItem("strip.png"), res)
+    assert n == 0
+    assert rec["error"] == ("writing its crops or drawing: OpenCV cannot encode a 66000x8 .jpg image") or rec[
+        "error"
+    ].startswith("writing its crops or drawing: OpenCV cannot encode a 66000x8 .jpg image: ")
+    small = StreamResult(1, "a.png", faces=[face], height=8, width=64, image=strip[:, :64].copy())
+    rec, n = _process(opts, WorkItem("a.png"), small)
+    assert "error" not in rec
+    assert n == 1
+    assert [p.name for p in (tmp_path / "drawn").iterdir()] == [f"{source_tag('a.png', None)}.jpg"]
