@@ -135,6 +135,7 @@ def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "afd_trt.cli", "detect", *args],
         capture_output=True,
         text=True,
+        errors="backslashreplace",  # OpenCV's messages may quote a broken file's raw bytes
         env=_env(),
         cwd=PKG_ROOT,
         timeout=timeout,
