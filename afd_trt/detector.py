@@ -164,6 +164,20 @@ def _positive_number(name: str, value: object) -> float:
     return float(value)
 
 
+def _absolute(value: Any) -> Any:
+    """A path argument that names an existing file or folder, made absolute (so that a pickled
+    Detector is rebuilt from the same files whatever the unpickling process's working folder);
+    anything else (None, a config name, a config object) as it is."""
+    if isinstance(value, str | os.PathLike) and os.path.exists(value):
+        return os.path.abspath(value)
+    return value
+
+
+def _rebuild_detector(kwargs: dict[str, Any]) -> Detector:
+    """Unpickling a :class:`Detector`: a new one from its construction arguments."""
+    return Detector(**kwargs)
+
+
 def _as_config(cfg: str | Path | ModelConfig | None, default: str) -> ModelConfig:
     if cfg is None:
         return load_config(default)
@@ -314,6 +328,24 @@ class Detector:
         jpeg_decoder: str = "opencv",
         cuda_graphs: bool = False,
     ) -> None:
+        self._init_args: dict[str, Any] = {
+            "face_detector": face_detector,
+            "face_detector_checkpoint": _absolute(face_detector_checkpoint),
+            "landmark_checkpoint": _absolute(landmark_checkpoint),
+            "device": device,
+            "backend": backend,
+            "face_detector_config": _absolute(face_detector_config),
+            "landmark_config": _absolute(landmark_config),
+            "download": download,
+            "threads": threads,
+            "max_batch": max_batch,
+            "engine_cache": _absolute(engine_cache),
+            "precision": precision,
+            "max_pixels": max_pixels,
+            "device_pipeline": device_pipeline,
+            "jpeg_decoder": jpeg_decoder,
+            "cuda_graphs": cuda_graphs,
+        }
         self.host_malloc = host_memory.apply_setting()
         """How the process's allocator keeps freed memory: ``"keep"`` or ``"system"`` (see
         :mod:`afd_trt.host_memory`; applied once per process, by the first Detector)."""
@@ -587,6 +619,15 @@ class Detector:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as its construction arguments, not its networks: unpickling (a
+        ``multiprocessing`` or Ray worker, say) builds a new Detector from the same checkpoint
+        files (paths made absolute; they must be readable there, e.g. on a shared filesystem;
+        released weights are resolved, or downloaded, there), with the current ``flip_test`` and
+        ``box_scale_factor``. ``device="auto"`` picks the unpickling machine's device."""
+        kwargs = dict(self._init_args, flip_test=self.flip_test, box_scale_factor=self.box_scale_factor)
+        return _rebuild_detector, (kwargs,)
 
     # -- pipeline ----------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import multiprocessing
+import pickle
 import re
 import weakref
 from collections.abc import Callable
@@ -237,6 +239,41 @@ def test_constructor_errors(weights: Weights) -> None:
         )
     with pytest.raises(ValueError, match=r"does not match|[Mm]issing"):
         afd_trt.Detector("yolov3", weights["faster-rcnn"]["pth"], lm, device="cpu")
+
+
+def test_a_pickled_detector_is_rebuilt_from_its_files(
+    weights: Weights, image: np.ndarray, image_faces: list[dict[str, np.ndarray]], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Cluster jobs hand a Detector to workers (multiprocessing, Ray): it pickles as its
+    construction arguments, relative checkpoint paths made absolute, with its current flip test
+    and box scale, and the rebuilt one (here in another working folder) answers alike."""
+    folder = weights["yolov3"]["pth"].parent
+    monkeypatch.chdir(folder)
+    det = afd_trt.Detector(
+        "yolov3", "mmdet_anime-face_yolov3.pth", "mmpose_anime-face_hrnetv2.safetensors", device="cpu"
+    )
+    det.flip_test = False  # changed after construction: travels too
+    data = pickle.dumps(det)
+    assert len(data) < 10_000  # arguments, not networks
+    monkeypatch.chdir(tmp_path)
+    again = pickle.loads(data)
+    assert isinstance(again, afd_trt.Detector)
+    assert again is not det
+    assert again.flip_test is False
+    assert again.box_scale_factor == det.box_scale_factor
+    _same(again(image), image_faces)
+
+
+@pytest.mark.slow
+def test_a_detector_goes_to_a_spawned_worker(
+    det: afd_trt.Detector, image: np.ndarray, image_faces: list[dict[str, np.ndarray]]
+) -> None:
+    """A process of its own (spawn: nothing inherited) gets the Detector through pickle and
+    gives the same faces as here."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        got = pool.apply(afd_trt.Detector.__call__, (det, image))
+    _same(got, image_faces)
 
 
 def test_missing_weights_offline_error_names_file_and_places(
