@@ -145,15 +145,21 @@ def _looks_like_text(path: Path) -> bool:
 
 def _head_kind(path: Path) -> str:
     """What the first bytes of a file say it is: ``"zip"`` (``torch.save``'s format), ``"pickle"``
-    (legacy ``torch.save``), ``"safetensors"`` (8-byte header length, then ``{"``), or ``"other"``."""
+    (legacy ``torch.save``: ``\\x80`` and a protocol byte 2-5), ``"safetensors"`` (an 8-byte
+    little-endian header length that fits the file, then ``{"``), or ``"other"``.
+
+    safetensors is tested first: its header length is any number, and one whose low byte is
+    0x80 (128, 384, ...: 1 in 32 of the 8-byte-padded headers writers make) starts the file with
+    the pickle's first byte."""
     with open(path, "rb") as f:
         head = f.read(10)
+    size = path.stat().st_size
     if head.startswith(b"PK\x03\x04"):
         return "zip"
-    if head[:1] == b"\x80":
-        return "pickle"
-    if len(head) == 10 and head[8:10] == b'{"':
+    if len(head) == 10 and head[8:10] == b'{"' and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
         return "safetensors"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
     return "other"
 
 

@@ -132,6 +132,27 @@ def test_a_checkpoint_under_the_other_suffix_is_read_by_its_content(tmp_path: Pa
     assert is_test_weights(st_named_pth) == "seed=3"
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_safetensors_whose_header_length_starts_like_a_pickle(tmp_path: Path, suffix: str) -> None:
+    """safetensors files start with their header's length, little-endian; when its low byte is
+    0x80 (1 in 32 of the 8-byte-padded headers) the file starts with the pickle's first byte.
+    Such a file was read as a pickle and refused as "pickled code"."""
+    sd = _state(5)
+    seen = set()
+    for pad in range(0, 400, 8):
+        path = tmp_path / f"m{pad}{suffix}"
+        save_file(sd, str(path), metadata={TEST_WEIGHTS_KEY: "seed=5", "pad": "x" * pad})
+        head = path.read_bytes()[:8]
+        if head[0] != 0x80:
+            continue
+        seen.add(int.from_bytes(head, "little"))
+        got = load_state_dict(path)
+        for k in sd:
+            torch.testing.assert_close(got[k], sd[k], rtol=0, atol=0)
+        assert is_test_weights(path) == "seed=5"
+    assert seen, "no header length ending in 0x80 was made: the case is not exercised"
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_bytes_of_no_checkpoint_format_are_named_as_such(tmp_path: Path, seed: int) -> None:
     data = np.random.default_rng(seed).integers(0, 256, 300, dtype=np.uint8).tobytes()
