@@ -171,7 +171,7 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def _unreadable(path: Path, kind: str, err: BaseException) -> CheckpointError:
-    hint = "corrupt or truncated? Delete it to have it fetched again"
+    hint = f"corrupt or truncated? Delete it (and {_sidecar(path).name}, its recorded checksum, if there) to have it fetched again"
     if _looks_like_text(path):
         hint = "it looks like a text/HTML page, not a checkpoint (a failed download saved an error page?)"
     return CheckpointError(
@@ -612,11 +612,22 @@ def _download_locked(url: str, dest: Path, pinned: str, timeout: float, retries:
             )
             time.sleep(wait)
     try:
-        if pinned and digest != pinned:
-            raise ChecksumError(
-                f"{url}: sha256 mismatch: downloaded {n} bytes hashing to {digest}, expected {pinned}"
+        if _head_kind(tmp) == "other":  # an error or login page served with 200, say
+            what = "a text/HTML page" if _looks_like_text(tmp) else "bytes of no checkpoint format"
+            raise DownloadError(
+                f"{url}: the server sent {what} ({n} bytes), not a checkpoint", retryable=False
             )
-        if not pinned:
+        recorded = "" if pinned else (_read_sidecar(dest) or "")
+        if (pinned or recorded) and digest != (pinned or recorded):
+            origin = "pinned in the config" if pinned else (
+                f"recorded in {_sidecar(dest)} at the first download; if the file at the URL has "
+                "really changed, delete that record"
+            )  # fmt: skip
+            raise ChecksumError(
+                f"{url}: sha256 mismatch: downloaded {n} bytes hashing to {digest}, expected "
+                f"{pinned or recorded} ({origin})"
+            )
+        if not pinned and not recorded:
             _write_sidecar(dest, digest)  # before the file: a reader never sees an unrecorded new file
             logger.warning(
                 "checksum of %s is not pinned: recorded sha256 %s in %s (trust on first use); "
@@ -753,7 +764,8 @@ def resolve_checkpoint(
             raise CheckpointUnavailableError(
                 f"cached checkpoint {cached} is corrupt (checksum mismatch, see the log) and "
                 f"{'downloading is off' if spec.url else 'the config names no URL'}. "
-                f"Delete it and retry online, or: {_where_to_put(spec, cache)}"
+                f"Delete it and retry online (the new download is checked against the record), or put "
+                f"a good copy there yourself and delete {_sidecar(cached).name} too: {_where_to_put(spec, cache)}"
             )
 
     if not download:

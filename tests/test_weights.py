@@ -457,6 +457,42 @@ def test_download_refetches_corrupted_file(tmp_path: Path) -> None:
     assert dest.read_bytes() == data
 
 
+def test_a_refetch_is_checked_against_the_recorded_digest(tmp_path: Path) -> None:
+    """The digest recorded at the first download guards later ones: a server that now sends
+    other bytes (a changed or tampered file) is refused, naming the record to delete if the
+    change is real, and the file on disk is not replaced."""
+    first, other = _payload(), _payload(size_pad=10)
+    dest = tmp_path / FILE
+    with LocalServer({"/f": serve_bytes(first)}) as srv:
+        download(srv.url("/f"), dest)
+    dest.write_bytes(first[:-1] + bytes([first[-1] ^ 1]))  # corrupt on disk: fetched again
+    with (
+        LocalServer({"/f": serve_bytes(other)}) as srv,
+        pytest.raises(ChecksumError, match=rf"expected {_sha(first)} \(recorded in .*{FILE}\.sha256"),
+    ):
+        download(srv.url("/f"), dest)
+    assert (tmp_path / f"{FILE}.sha256").read_text() == f"{_sha(first)}  {FILE}\n"
+    assert _leftovers(tmp_path) == sorted([FILE, f"{FILE}.sha256"])
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [(b"<!DOCTYPE html><html><body>Please sign in</body></html>", "a text/HTML page"),
+     (b"\x00\x01 some binary blob", "bytes of no checkpoint format")],
+)  # fmt: skip
+def test_a_page_served_as_the_checkpoint_is_not_kept(tmp_path: Path, body: bytes, what: str) -> None:
+    """An error or login page sent with HTTP 200 used to be saved and its digest recorded, so
+    every later run failed on it and nothing was fetched again; it is refused and nothing kept."""
+    dest = tmp_path / FILE
+    with LocalServer({"/f": serve_bytes(body)}) as srv:
+        with pytest.raises(
+            DownloadError, match=f"the server sent {what} \\({len(body)} bytes\\), not a checkpoint"
+        ):
+            download(srv.url("/f"), dest, retries=2)
+        assert srv.hits["/f"] == 1  # not retried
+    assert _leftovers(tmp_path) == []
+
+
 def test_download_concurrent_threads(tmp_path: Path) -> None:
     data = _payload(size_pad=100_000)
     dest = tmp_path / FILE
