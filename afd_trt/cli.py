@@ -530,6 +530,9 @@ def _run_cache(args: argparse.Namespace) -> int:
     from .engine_cache import REMOVABLE, EngineCache, remove_entry, scan_cache
     from .engines import current_runtimes, machine_device_tags
 
+    if args.cache_dir is not None and not str(args.cache_dir).strip():
+        logger.error("cache: --cache-dir is empty (it would name the current folder)")
+        return 2
     cache = EngineCache(args.cache_dir)
     if args.dry_run and not args.prune:
         logger.error("cache: --dry-run goes with --prune")
@@ -569,8 +572,20 @@ def _run_cache(args: argparse.Namespace) -> int:
         if args.dry_run:
             logger.info("cache: --dry-run, nothing deleted")
             return 0
-        freed = sum(remove_entry(e) for e in removable)
-        logger.info("cache: deleted %d entries, %.1f MB freed", len(removable), freed / 2**20)
+        freed = removed = failed = 0
+        for e in removable:
+            try:
+                freed += remove_entry(e)
+            except OSError as err:  # a read-only cache, another user's files: this entry only
+                logger.error("cache: cannot delete %s: %s", err.filename or e.path, err.strerror or err)
+                failed += 1
+                continue
+            removed += not any(p.exists() for p in e.files if not p.name.endswith(".lock"))
+        logger.info(
+            "cache: deleted %d of %d removable entries, %.1f MB freed%s",
+            removed, len(removable), freed / 2**20, f"; {failed} could not be deleted" if failed else "",
+        )  # fmt: skip
+        return 1 if failed else 0
     return 0
 
 

@@ -189,6 +189,16 @@ def _atomic_write_bytes(dest: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _open_lock_file(lock_path: Path, *, create: bool) -> int:
+    """A descriptor for ``flock`` on ``lock_path``: read-write (created if ``create``), or
+    read-only where the file is another user's and not writable (``flock`` needs no write access;
+    such a lock file made a rebuild fail with PermissionError)."""
+    try:
+        return os.open(lock_path, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+    except PermissionError:
+        return os.open(lock_path, os.O_RDONLY)
+
+
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
     """``fcntl.flock`` on ``<path>.lock`` (kept afterwards: deleting lock files races)."""
@@ -196,7 +206,7 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
         yield
         return
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock_file(lock_path, create=True)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -239,7 +249,10 @@ class EngineCache:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             logger.warning("engine metadata %s unreadable (%s)", side, e)
             return None
-        return meta if isinstance(meta, dict) else None
+        if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+            logger.warning("engine metadata %s unreadable (not an object with a key object)", side)
+            return None
+        return meta
 
     def validate(self, path: Path, key: EngineKey) -> str | None:
         """Why the entry at ``path`` cannot be used for ``key``; None when it can."""
@@ -378,6 +391,27 @@ def entry_status(
     return "ok", "usable here"
 
 
+_ENGINE_NAME = re.compile(r"[a-z0-9_]+-(?:fp32|bf16|fp16)-[A-Za-z0-9_.:-]+-[0-9a-f]{16}\.[a-z0-9]+")
+"""An engine file's name, as :meth:`EngineKey.stem` and a suffix make it."""
+_PART_NAME = re.compile(r"\.(?P<engine>.+)\.\d+\.[0-9a-f]+\.part")
+"""A build's temporary file: ``.<engine name>.<pid>.<hex>.part``."""
+
+
+def cache_file_kind(name: str) -> str | None:
+    """What a file named ``name`` in a model folder of the cache is: ``"engine"``, ``"sidecar"``,
+    ``"lock"``, ``"part"``, or None for a name the cache never writes (left alone by every scan
+    and prune: a cache pointed at the wrong folder must not delete what is there)."""
+    if _ENGINE_NAME.fullmatch(name):
+        return "engine"
+    for suffix, kind in ((".json", "sidecar"), (".lock", "lock")):
+        if name.endswith(suffix) and _ENGINE_NAME.fullmatch(name[: -len(suffix)]):
+            return kind
+    m = _PART_NAME.fullmatch(name)
+    if m and _ENGINE_NAME.fullmatch(m["engine"]):
+        return "part"
+    return None
+
+
 def scan_cache(
     root: str | Path,
     runtimes: Mapping[str, str | None],
@@ -403,10 +437,10 @@ def scan_cache(
     if not root.is_dir():
         return entries
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        names = {p.name for p in model_dir.iterdir() if p.is_file()}
+        names = {p.name for p in model_dir.iterdir() if p.is_file() and cache_file_kind(p.name) is not None}
         claimed: set[str] = set()
         for name in sorted(names):
-            if name.endswith((".json", ".lock", ".part")):
+            if cache_file_kind(name) != "engine":
                 continue
             path = model_dir / name
             side, lock = EngineCache.sidecar(path), path.with_name(name + ".lock")
@@ -460,7 +494,7 @@ def remove_entry(entry: CacheEntry) -> int:
     fd = None
     if lock_file is not None and fcntl is not None:
         with contextlib.suppress(FileNotFoundError):
-            fd = os.open(lock_file, os.O_RDWR)
+            fd = _open_lock_file(lock_file, create=False)
         if fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

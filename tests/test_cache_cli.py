@@ -190,9 +190,43 @@ def test_an_entry_being_built_is_not_removed(cache: Path) -> None:
     assert not EngineCache.sidecar(stale).exists()
 
 
-def test_cache_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_never_deletes_what_the_cache_did_not_write(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cache-dir pointed one level too high (at the folder that also holds the weights), or at
+    a project folder: files the cache never names are not listed and never deleted (every file
+    without a sidecar used to be an "orphan", and pruned); the cache's own leftovers still are."""
+    weights = cache / "weights"
+    weights.mkdir()
+    (weights / "mmdet_anime-face_yolov3.pth").write_bytes(b"PK\x03\x04 weights")
+    (weights / "mmdet_anime-face_yolov3.pth.sha256").write_text("ab  x\n")
+    (cache / NET / "notes.json").write_text("{}")
+    (cache / NET / "README.md").write_text("mine")
+    ts = _only(cache, "torchscript-*.ts")
+    orphan = ts.with_name(ts.name.replace(ts.name[-19:-3], "0" * 16))
+    shutil.copy(ts, orphan)  # a real leftover: an engine name without its sidecar
+    listed = _listing(cache, capsys, "--prune")
+    assert listed.get(orphan.name) == "orphan"
+    assert not orphan.exists()
+    assert set(listed) == {ts.name, _only(cache, "onnx-*.onnx").name, orphan.name}
+    for p in (weights / "mmdet_anime-face_yolov3.pth", weights / "mmdet_anime-face_yolov3.pth.sha256",
+              cache / NET / "notes.json", cache / NET / "README.md"):  # fmt: skip
+        assert p.exists(), p
+
+
+def test_cache_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert main(["--log-level", "ERROR", "cache", "--cache-dir", str(tmp_path), "--dry-run"]) == 2
     assert _listing(tmp_path / "none", capsys) == {}
     not_dir = tmp_path / "file"
     not_dir.write_text("x")
     assert main(["--log-level", "ERROR", "cache", "--cache-dir", str(not_dir)]) == 2
+    # "" is not "the current folder": refused (run in a scratch folder all the same, so that a
+    # regression deletes nothing that matters: an old afd_trt pruned the working folder here)
+    scratch = tmp_path / "cwd"
+    (scratch / "project").mkdir(parents=True)
+    (scratch / "project" / "main.py").write_text("print()")
+    monkeypatch.chdir(scratch)
+    assert main(["--log-level", "ERROR", "cache", "--cache-dir", "", "--prune"]) == 2
+    assert (scratch / "project" / "main.py").exists()

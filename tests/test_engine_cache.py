@@ -124,6 +124,8 @@ def test_built_once_then_reused_with_sidecar(tmp_path: Path) -> None:
         (lambda p: p.write_bytes(b"engine"), "truncated"),
         (lambda p: p.with_name(p.name + ".json").unlink(), "no readable metadata"),
         (lambda p: p.with_name(p.name + ".json").write_text("{not json"), "no readable metadata"),
+        (lambda p: p.with_name(p.name + ".json").write_text('{"key": []}'), "no readable metadata"),
+        (lambda p: p.with_name(p.name + ".json").write_text("null"), "no readable metadata"),
         (lambda p: p.unlink(), "not built yet"),
     ],
 )
