@@ -463,7 +463,7 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from .detect_job import SettingsMismatchError, merge_journals, record_line
+    from .detect_job import merge_journals, record_line
     from .outputs import coco_from_records, write_bytes_atomic, write_json_atomic
 
     if any(j.resolve() == args.output.resolve() for j in args.journals):
@@ -471,13 +471,20 @@ def _run_merge(args: argparse.Namespace) -> int:
         return 2
     try:
         records = merge_journals(args.journals)
-    except (OSError, SettingsMismatchError) as e:
+    except (OSError, ValueError) as e:  # unreadable, other settings, not a journal
         logger.error("merge: %s", e)
         return 2
-    if args.format == "coco":
-        write_json_atomic(args.output, coco_from_records(records))
-    else:
-        write_bytes_atomic(args.output, b"".join(record_line(r) for r in records))
+    try:
+        if args.format == "coco":
+            write_json_atomic(args.output, coco_from_records(records))
+        else:
+            write_bytes_atomic(args.output, b"".join(record_line(r) for r in records))
+    except OSError as e:
+        logger.error("merge: cannot write %s: %s", args.output, e.strerror or e)
+        return 1
+    except (KeyError, TypeError, ValueError) as e:  # a record without its fields
+        logger.error("merge: a record cannot be put in COCO form (%s: %s)", type(e).__name__, e)
+        return 1
     errors = sum("error" in r for r in records)
     logger.info(
         "merge: %d inputs (%d failed) from %d journals -> %s",

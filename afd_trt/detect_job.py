@@ -484,7 +484,8 @@ def _complete_records(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
     """The records of several journals, typically the shards of one job, in the order given, each
-    input once (the first record of a key wins).
+    input once (the first record of a key wins, except that a success replaces a failure). A file
+    that is not a journal (see :class:`Journal`) raises ``ValueError``.
 
     Journals whose recorded settings differ in what shapes the records (models, configs,
     precision, flip test, box scale, filters, video sampling; not the shard, crops or drawings)
@@ -493,11 +494,12 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
     duplicates are logged as warnings. ``OSError`` for a journal that cannot be read.
     """
     records: list[dict[str, Any]] = []
-    seen: set[Key] = set()
+    seen: dict[Key, int] = {}  # key -> index in records
     first: tuple[Path, dict[str, Any]] | None = None
     shards: dict[int, set[int]] = {}
-    duplicates = 0
+    duplicates = healed = 0
     for path in journals:
+        _refuse_a_foreign_file(path)  # a shard's COCO file given by mistake: not silently empty
         side = settings_path(path)
         if side.exists():
             try:
@@ -523,10 +525,17 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
         for rec in part:
             key = record_key(rec)
             if key in seen:
-                duplicates += 1
+                at = seen[key]
+                if "error" in records[at] and "error" not in rec:  # failed once, done since
+                    records[at] = rec
+                    healed += 1
+                else:
+                    duplicates += 1
                 continue
-            seen.add(key)
+            seen[key] = len(records)
             records.append(rec)
+    if healed:
+        logger.info("%d input(s) recorded as failed in one journal and done in another: kept as done", healed)
     if duplicates:
         logger.warning("%d record(s) of inputs already merged from an earlier journal left out", duplicates)
     for n, ks in shards.items():

@@ -592,6 +592,46 @@ def test_merge_refuses_other_settings_and_overwriting_an_input(
     assert j0.read_text() == a
 
 
+def test_merge_keeps_a_later_success_over_an_earlier_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An input that failed in one journal (an older run) and was done in another is merged
+    as done, not as its failure, whichever comes first; two failures or two successes keep the
+    first."""
+    ok = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
+    bad = '{"path": "a.png", "error": "ValueError: image \'a.png\': truncated"}\n'
+    other = '{"path": "b.png", "error": "ValueError: no such file"}\n'
+    old = _shard_journal(tmp_path / "old.jsonl", [bad, other], [0, 1])
+    new = _shard_journal(tmp_path / "new.jsonl", [ok, other], [0, 1])
+    out = tmp_path / "all.jsonl"
+    with caplog.at_level("INFO"):
+        assert main(["merge", str(old), str(new), "-o", str(out)]) == 0
+    assert out.read_text() == ok + other
+    assert "1 input(s) recorded as failed in one journal and done in another" in caplog.text
+    assert main(["merge", str(new), str(old), "-o", str(out)]) == 0
+    assert out.read_text() == ok + other
+
+
+def test_merge_refuses_files_that_are_not_journals_and_names_a_failed_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shards' COCO files given instead of their journals merged into an empty result with
+    exit 0; they are refused. A write that fails is an error line, not a traceback."""
+    a = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
+    j0 = _shard_journal(tmp_path / "s0.jsonl", [a], [0, 1])
+    coco = tmp_path / "s0.json"
+    coco.write_text(json.dumps(coco_from_records([json.loads(a)]), indent=2))
+    out = tmp_path / "all.json"
+    assert main(["merge", str(coco), "-o", str(out), "--format", "coco"]) == 2
+    assert f"{coco} exists and is not an afd-trt journal" in caplog.text
+    assert not out.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    caplog.clear()
+    assert main(["merge", str(j0), "-o", str(blocker / "all.jsonl")]) == 1
+    assert f"merge: cannot write {blocker / 'all.jsonl'}" in caplog.text
+
+
 def test_run_settings_adopted_for_an_older_journal_and_an_empty_one(tmp_path: Path) -> None:
     journal = tmp_path / "old.jsonl"
     journal.write_text('{"path": "a.png", "faces": []}\n')
