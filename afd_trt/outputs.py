@@ -13,6 +13,7 @@ by ``Detector`` (boxes expanded by ``box_scale_factor``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import stat
@@ -191,6 +192,11 @@ def coco_category(category_id: int = 1) -> dict[str, Any]:
     }
 
 
+def _finite(x: float) -> float | None:
+    """``x``, or None (JSON ``null``) when it is NaN or infinite."""
+    return x if math.isfinite(x) else None
+
+
 def coco_from_records(
     records: Iterable[dict[str, Any]], description: str = "afd-trt detect"
 ) -> dict[str, Any]:
@@ -202,6 +208,10 @@ def coco_from_records(
     ``keypoints`` the flat 28x3 list ``[x, y, v, ...]`` with COCO visibility ``v = 2`` (labelled),
     the model's per-keypoint confidences in ``keypoint_scores``, ``num_keypoints`` 28.
     Failed inputs are listed in a top-level ``errors`` list (``path``, [``frame``,] ``error``).
+
+    Strict JSON (other tools reject ``NaN``): a non-finite number (a network that overflowed)
+    becomes ``null``; a keypoint with a non-finite coordinate is ``[0, 0, 0]`` (COCO's "not
+    labelled") and not counted in ``num_keypoints``; a non-finite box gives ``area`` null.
     """
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -223,21 +233,21 @@ def coco_from_records(
         for face in rec["faces"]:
             x0, y0, x1, y1 = face["bbox"]
             w, h = x1 - x0, y1 - y0
-            flat: list[float] = []
+            flat: list[float | None] = []
             for x, y, _ in face["keypoints"]:
-                flat += [x, y, 2]
+                flat += [x, y, 2] if math.isfinite(x) and math.isfinite(y) else [0, 0, 0]
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": 1,
-                    "bbox": [x0, y0, w, h],
-                    "area": w * h,
+                    "bbox": [_finite(v) for v in (x0, y0, w, h)],
+                    "area": _finite(w * h),
                     "iscrowd": 0,
-                    "score": face["score"],
+                    "score": _finite(face["score"]),
                     "keypoints": flat,
-                    "num_keypoints": len(face["keypoints"]),
-                    "keypoint_scores": [s for _, _, s in face["keypoints"]],
+                    "num_keypoints": sum(v == 2 for v in flat[2::3]),
+                    "keypoint_scores": [_finite(s) for _, _, s in face["keypoints"]],
                 }
             )
     return {

@@ -107,6 +107,26 @@ def test_filter_faces_thresholds(delta: float) -> None:
     assert len(kept_size) == (1 if delta < 0 else 0)
 
 
+def test_coco_is_strict_json_when_a_network_overflowed() -> None:
+    """A NaN keypoint (a heatmap that overflowed in fp16, say) was written as ``NaN, NaN, 2``,
+    which JSON parsers other than Python's reject, and counted as labelled: it is now
+    ``0, 0, 0`` (not labelled) and not counted; other non-finite numbers are null."""
+    kp = np.tile(np.array([[10.0, 20.0, 0.9]], np.float32), (28, 1))
+    kp[5, 0] = np.nan
+    kp[6, 2] = np.inf
+    face = {"bbox": np.array([1, 2, 30, 40, np.nan], np.float32), "keypoints": kp}
+    rec = json.loads(record_line(image_record("a.png", [face], 64, 48)))  # through the journal
+    coco = coco_from_records([rec])
+    text = json.dumps(coco, allow_nan=False)  # strict: raises on NaN/Infinity
+    (ann,) = json.loads(text)["annotations"]
+    assert ann["keypoints"][15:18] == [0, 0, 0]
+    assert ann["keypoints"][18:21] == [10.0, 20.0, 2]
+    assert ann["num_keypoints"] == 27
+    assert ann["score"] is None
+    assert ann["keypoint_scores"][6] is None
+    assert ann["bbox"] == [1.0, 2.0, 29.0, 38.0]
+
+
 def test_coco_schema() -> None:
     rng = np.random.default_rng(3)
     faces_a = [_face(rng), _face(rng)]
