@@ -914,6 +914,15 @@ def run_detect_job(det: Detector, opts: DetectOptions) -> Summary:
     journal = Journal(
         opts.journal_path(), overwrite=opts.overwrite, retry_errors=opts.retry_errors, settings=opts.settings
     )
+    if opts.overwrite:
+        for what, folder in (("--crops", opts.crops), ("--draw", opts.draw)):
+            if folder is not None and folder.is_dir() and any(folder.iterdir()):
+                logger.warning(
+                    "%s %s already holds files: --overwrite starts the journal over but deletes no "
+                    "images; crops or drawings of faces no longer found stay there (empty it first)",
+                    what,
+                    folder,
+                )
     videos = VideoIndex(videos_path(opts.journal_path()), reset=opts.overwrite)
     summary = Summary(skipped=journal.loaded, failed_before=journal.loaded_errors)
     t0 = time.perf_counter()

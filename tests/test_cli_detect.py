@@ -504,6 +504,22 @@ def test_a_run_that_cannot_start_changes_nothing(models: dict[str, Path], tmp_pa
     assert "min_score: recorded 0.0, now 0.95" in mixed.stderr
 
 
+def test_overwrite_says_that_old_crops_stay(models: dict[str, Path], tmp_path: Path) -> None:
+    """--overwrite starts the journal over but deletes no images: with crops from an earlier
+    run in the folder (faces a new --min-score drops, say), the run says so."""
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), _tiles(1, 128)[0])
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    (crops / "a_0123abcd_f07.png").write_bytes(b"an old crop")
+    out = tmp_path / "o.jsonl"
+    proc = _cli(str(img), "-o", str(out), "--crops", str(crops), "--overwrite", *_model_args(models))
+    assert proc.returncode == 0, proc.stderr
+    assert f"--crops {crops} already holds files: --overwrite starts the journal over" in proc.stderr
+    again = _cli(str(img), "-o", str(out), "--crops", str(crops), *_model_args(models))  # no --overwrite
+    assert "already holds files" not in again.stderr
+
+
 def test_a_video_that_opens_at_last_loses_its_old_error(
     models: dict[str, Path], inputs: dict[str, Any], tmp_path: Path
 ) -> None:
