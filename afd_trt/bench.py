@@ -438,13 +438,20 @@ def _image_paths(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], str]:
     return paths, f"synthetic scenes (seed {args.seed}; no grid at {grid}), JPEG quality 95"
 
 
+def script_command(script: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces a run of a benchmark script: ``python <script>`` and ``argv``
+    (its arguments, default ``sys.argv[1:]``), shell-quoted."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", script, *args])
+
+
 def _command(argv: Sequence[str] | None) -> str | None:
     """``afd-trt bench ...`` as given (``argv``: the command line after the program name), or
     None when this is not a ``bench`` command line."""
     if argv is None or "bench" not in argv:
         return None
     args = list(argv)
-    return "afd-trt " + " ".join(shlex.quote(a) for a in args[args.index("bench") :])
+    return shlex.join(["afd-trt", *args[args.index("bench") :]])
 
 
 def cpu_model(cpuinfo: str | None = None) -> str:

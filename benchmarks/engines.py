@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from afd_trt.bench import script_command
 from afd_trt.config import load_config
 from afd_trt.engines import BackendUnavailableError, Network, create_engine
 from afd_trt.models import build_model
@@ -128,13 +128,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def command_line(argv: Sequence[str] | None) -> str:
-    """The command that reproduces this run: ``argv`` (the arguments, default ``sys.argv[1:]``)
-    shell-quoted after ``python benchmarks/engines.py``."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", "benchmarks/engines.py", *args])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, required=True, help="directory with the three .pth files")
@@ -150,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     rows = run(args)
     sys.stdout.write(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, command: {command_line(argv)}\n"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, command: {script_command('benchmarks/engines.py', argv)}\n"
     )
     sys.stdout.write(table(rows) + "\n")
     if args.json:

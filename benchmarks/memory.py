@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import torch
 
 import afd_trt
 from afd_trt.argtypes import int_at_least, number
-from afd_trt.bench import default_grid, parse_sizes, write_generated_jpegs
+from afd_trt.bench import default_grid, parse_sizes, script_command, write_generated_jpegs
 from afd_trt.config import load_config
 
 logger = logging.getLogger("benchmarks.memory")
@@ -130,13 +129,6 @@ def verdict(result: dict[str, Any], max_growth: float) -> int:
     if result["failed"] or any(g is not None and g > max_growth for g in growth):
         return 1
     return 3 if any(g is None for g in growth) else 0
-
-
-def command_line(argv: Sequence[str] | None) -> str:
-    """The command that reproduces this run: ``argv`` (the arguments, default ``sys.argv[1:]``)
-    shell-quoted after ``python benchmarks/memory.py``."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    return shlex.join(["python", "benchmarks/memory.py", *args])
 
 
 def _detector(args: argparse.Namespace, weights: Path) -> afd_trt.Detector:
@@ -286,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run, write ``--json``, log the summary; returns the exit status (see ``verdict``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    result = {"command": command_line(argv), **run(args)}
+    result = {"command": script_command("benchmarks/memory.py", argv), **run(args)}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     logger.info(

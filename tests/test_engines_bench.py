@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from afd_trt.bench import script_command
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import engines
@@ -38,9 +40,9 @@ def test_table_without_eager_fp32_says_n_a() -> None:
 
 def test_command_line_is_python_and_the_quoted_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     argv = ["--weights", "/tmp/my weights", "--networks", "yolov3", "hrnetv2", "--json", "it's.json"]
-    line = engines.command_line(argv)
+    line = script_command("benchmarks/engines.py", argv)
     assert line.startswith("python benchmarks/engines.py --weights '/tmp/my weights' ")
     assert shlex.split(line) == ["python", "benchmarks/engines.py", *argv]
     # main() without argv: the process's own arguments
     monkeypatch.setattr(sys, "argv", ["benchmarks/engines.py", "--weights", "a b"])
-    assert engines.command_line(None) == "python benchmarks/engines.py --weights 'a b'"
+    assert script_command("benchmarks/engines.py", None) == "python benchmarks/engines.py --weights 'a b'"
