@@ -3,9 +3,10 @@
 ``python -m build_engines`` and ``afd-trt build`` run the same code: for every requested model
 (Faster R-CNN gives two networks, its stage 1 and its box head), backend and precision, the engine
 is loaded from the cache when valid, else built into it (see ``afd_trt.engine_cache``). A JSON
-summary (one record per engine: network, backend, precision, device, path, status, seconds) goes
-to stdout. Exit status 1 when an engine could not be built (unavailable backends only count with
-``--strict``).
+summary (one record per engine: model, network, backend, precision, device, path, status, seconds) goes
+to stdout. A model whose config or weights cannot be loaded is one ``failed`` record, and the
+other models still build. Exit status 1 when an engine could not be built (unavailable backends
+only count with ``--strict``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from afd_trt.engine_cache import EngineCache, EngineKey
+    from afd_trt.engines import Network
 
 __all__ = ["add_arguments", "build", "main", "run"]
 
@@ -78,7 +85,6 @@ def build(
     from afd_trt.engines import (
         BACKENDS,
         BackendUnavailableError,
-        create_engine,
         networks_of,
         resolve_backend,
         resolve_precision,
@@ -91,16 +97,32 @@ def build(
     checkpoints, configs = checkpoints or {}, configs or {}
     records: list[dict[str, Any]] = []
     for model_name in models:
-        cfg = load_config(configs.get(model_name, model_name))
-        path = resolve_checkpoint(cfg.weights, checkpoints.get(model_name), download=download)
-        module = build_model(model_name)
-        load_checkpoint(module, path)
-        for net in networks_of(model_name, module.eval(), cfg):
+        t0 = time.perf_counter()
+        try:
+            cfg = load_config(configs.get(model_name, model_name))
+            path = resolve_checkpoint(cfg.weights, checkpoints.get(model_name), download=download)
+            module = build_model(model_name)
+            load_checkpoint(module, path)
+            networks = networks_of(model_name, module.eval(), cfg)
+        except Exception as e:  # this model's config or weights: the other models still build
+            records.append(
+                {
+                    "model": model_name,
+                    "network": model_name,
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {e}",
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+            logger.error("%s: %s", model_name, e)
+            continue
+        for net in networks:
             for requested in backends:
                 for asked in precisions:
                     precision = resolve_precision(requested, dev, asked)
                     backend = resolve_backend(requested, net.name, dev, precision)
                     rec: dict[str, Any] = {
+                        "model": model_name,
                         "network": net.name,
                         "backend": backend,
                         "precision": precision,
@@ -108,24 +130,47 @@ def build(
                         "device": str(dev),
                     }
                     t0 = time.perf_counter()
-                    try:
+                    try:  # what this machine cannot build: a backend, device or precision it lacks
                         spec = BACKENDS.get(backend)
                         if spec is None:
                             raise BackendUnavailableError(f"backend {backend!r} builds no engine file")
                         key, suffix = spec.entry(net, dev, precision)
-                        entry = cache.path_for(key, suffix)
-                        was_valid = cache.validate(entry, key) is None
-                        create_engine(backend, net, dev, precision=precision, cache=cache)
-                        rec.update(path=str(entry), status="cached" if was_valid else "built")
                     except (BackendUnavailableError, ValueError) as e:
                         rec.update(status="unavailable", error=str(e))
                         logger.warning("%s %s %s: %s", net.name, backend, precision, e)
-                    except Exception as e:  # a failed build: report it and go on with the others
-                        rec.update(status="failed", error=f"{type(e).__name__}: {e}")
-                        logger.exception("%s %s %s: build failed", net.name, backend, precision)
+                    else:
+                        rec.update(_build_one(cache, key, suffix, backend, net, dev, precision))
                     rec["seconds"] = round(time.perf_counter() - t0, 3)
                     records.append(rec)
     return records
+
+
+def _build_one(
+    cache: EngineCache,
+    key: EngineKey,
+    suffix: str,
+    backend: str,
+    net: Network,
+    dev: torch.device,
+    precision: str,
+) -> dict[str, Any]:
+    """Build (or find valid) one engine whose backend, device and precision were checked: its
+    record's ``status`` (``built``, ``cached``, ``failed``, or ``unavailable`` for a runtime that
+    turns out to lack a feature), ``path`` and ``error``. A ValueError here is a failed build (a
+    config without the profile TensorRT needs, ...), not an unavailable backend."""
+    from afd_trt.engines import BackendUnavailableError, create_engine
+
+    entry = cache.path_for(key, suffix)
+    was_valid = cache.validate(entry, key) is None
+    try:
+        create_engine(backend, net, dev, precision=precision, cache=cache)
+    except BackendUnavailableError as e:
+        logger.warning("%s %s %s: %s", net.name, backend, precision, e)
+        return {"status": "unavailable", "error": str(e)}
+    except Exception as e:  # a failed build: report it and go on with the others
+        logger.exception("%s %s %s: build failed", net.name, backend, precision)
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    return {"path": str(entry), "status": "cached" if was_valid else "built"}
 
 
 def run(args: argparse.Namespace) -> int:

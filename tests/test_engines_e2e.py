@@ -273,6 +273,29 @@ def test_build_command(
     assert second["onnxruntime"]["path"] == first["onnxruntime"]["path"]
 
 
+
+def test_build_goes_on_past_a_model_whose_weights_fail(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One model's unreadable checkpoint is one ``failed`` record naming the file; the models
+    after it still build, and the run exits 1 (it used to stop at the first model, exit 2 with no
+    records: a batch build lost what it had built)."""
+    from afd_trt.cli import main as cli_main
+
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint at all")
+    args = ["build", "--models", "yolov3", "hrnetv2", "--backends", "torchscript", "--device", "cpu"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--no-download"]
+    args += ["--checkpoint", f"yolov3={broken}", "--checkpoint", f"hrnetv2={checkpoints['hrnetv2']}"]
+    assert cli_main(["--log-level", "ERROR", *args]) == 1
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["model"], r["network"], r["status"]) for r in records] == [
+        ("yolov3", "yolov3", "failed"),
+        ("hrnetv2", "hrnetv2", "built"),
+    ]
+    assert str(broken) in records[0]["error"]
+    assert Path(records[1]["path"]).is_file()
+
 def test_flip_batches_are_fused_except_on_the_exact_path(
     detectors: dict[tuple[str, str], Detector], eager: dict[tuple[str, bool], Faces]
 ) -> None:
