@@ -460,6 +460,11 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="the merged result file")
     p.add_argument("--format", choices=("jsonl", "coco"), default="jsonl", help="jsonl (default) or coco")
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="exit 0 when shards of the job are missing (the merged file is written either way)",
+    )
 
 
 def _run_merge(args: argparse.Namespace) -> int:
@@ -470,10 +475,11 @@ def _run_merge(args: argparse.Namespace) -> int:
         logger.error("merge: the output %s is also an input", args.output)
         return 2
     try:
-        records = merge_journals(args.journals)
+        merged = merge_journals(args.journals)
     except (OSError, ValueError) as e:  # unreadable, other settings, not a journal
         logger.error("merge: %s", e)
         return 2
+    records = merged.records
     try:
         if args.format == "coco":
             write_json_atomic(args.output, coco_from_records(records))
@@ -493,6 +499,14 @@ def _run_merge(args: argparse.Namespace) -> int:
         len(args.journals),
         args.output,
     )
+    if merged.missing_shards and not args.allow_incomplete:
+        logger.error(
+            "merge: shard(s) %s of the job are missing, so %s lacks their inputs "
+            "(--allow-incomplete to accept that)",
+            ", ".join(merged.missing_shards),
+            args.output,
+        )
+        return 1
     return 0
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "DetectOptions",
     "InputSpec",
     "Journal",
+    "Merged",
     "SettingsMismatchError",
     "Summary",
     "WorkItem",
@@ -482,7 +483,24 @@ def _complete_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, bad
 
 
-def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
+@dataclass
+class Merged:
+    """What :func:`merge_journals` gives: the records, and what the journals given lack.
+
+    Attributes:
+        records: each input's record, once, in journal order.
+        missing_shards: ``"K/N"`` of every shard of a sharded job that no journal given is, in
+            order (empty when the set is complete or the journals are not shards).
+        unchecked: journals without a settings record, whose models and options could not be
+            checked against the others'.
+    """
+
+    records: list[dict[str, Any]]
+    missing_shards: list[str]
+    unchecked: list[Path]
+
+
+def merge_journals(journals: Sequence[Path]) -> Merged:
     """The records of several journals, typically the shards of one job, in the order given, each
     input once (the first record of a key wins, except that a success replaces a failure). A file
     that is not a journal (see :class:`Journal`) raises ``ValueError``.
@@ -490,13 +508,15 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
     Journals whose recorded settings differ in what shapes the records (models, configs,
     precision, flip test, box scale, filters, video sampling; not the shard, crops or drawings)
     are refused with :class:`SettingsMismatchError`, so a merge never mixes models or options.
-    An incomplete set of shards (``K/N`` for some but not all K), torn or unparsable lines and
-    duplicates are logged as warnings. ``OSError`` for a journal that cannot be read.
+    Shards missing from an incomplete set (``K/N`` for some but not all K) are named in the
+    result and logged; torn or unparsable lines and duplicates are logged as warnings.
+    ``OSError`` for a journal that cannot be read.
     """
     records: list[dict[str, Any]] = []
     seen: dict[Key, int] = {}  # key -> index in records
     first: tuple[Path, dict[str, Any]] | None = None
     shards: dict[int, set[int]] = {}
+    unchecked: list[Path] = []
     duplicates = healed = 0
     for path in journals:
         _refuse_a_foreign_file(path)  # a shard's COCO file given by mistake: not silently empty
@@ -519,6 +539,8 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
                     f"{path} was written with other settings than {first[0]} ({', '.join(diff)}): "
                     "refusing to merge results of different models or options"
                 )
+        else:
+            unchecked.append(path)
         part, bad = _complete_records(path)
         if bad:
             logger.warning("%s: %d incomplete or unparsable line(s) left out", path, bad)
@@ -538,12 +560,18 @@ def merge_journals(journals: Sequence[Path]) -> list[dict[str, Any]]:
         logger.info("%d input(s) recorded as failed in one journal and done in another: kept as done", healed)
     if duplicates:
         logger.warning("%d record(s) of inputs already merged from an earlier journal left out", duplicates)
-    for n, ks in shards.items():
-        if len(ks) < n:
+    if len(journals) > 1:
+        for path in unchecked:
             logger.warning(
-                "shards of %d: %s missing", n, ", ".join(f"{k}/{n}" for k in range(n) if k not in ks)
+                "%s: no settings record (%s), so its models and options cannot be checked against "
+                "the other journals'",
+                path,
+                settings_path(path).name,
             )
-    return records
+    missing = [f"{k}/{n}" for n, ks in sorted(shards.items()) for k in range(n) if k not in ks]
+    if missing:
+        logger.warning("shards missing: %s", ", ".join(missing))
+    return Merged(records, missing, unchecked)
 
 
 def journal_lock_path(journal: Path) -> Path:

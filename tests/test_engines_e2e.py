@@ -273,7 +273,6 @@ def test_build_command(
     assert second["onnxruntime"]["path"] == first["onnxruntime"]["path"]
 
 
-
 def test_build_goes_on_past_a_model_whose_weights_fail(
     checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,6 +294,7 @@ def test_build_goes_on_past_a_model_whose_weights_fail(
     ]
     assert str(broken) in records[0]["error"]
     assert Path(records[1]["path"]).is_file()
+
 
 def test_flip_batches_are_fused_except_on_the_exact_path(
     detectors: dict[tuple[str, str], Detector], eager: dict[tuple[str, bool], Faces]

@@ -572,7 +572,8 @@ def _shard_journal(path: Path, lines: list[str], shard: list[int] | None, **chan
 
 def test_merge_shards(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """`afd-trt merge`: the shards' records in order, each input once, as JSON Lines (the same
-    lines) or COCO; torn lines, duplicates and missing shards are reported, never merged."""
+    lines) or COCO; torn lines, duplicates and missing shards are reported, never merged. A
+    missing shard fails the merge (exit 1, the file still written) unless --allow-incomplete."""
     a = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
     v = '{"path": "v.mp4", "frame": 3, "time": 0.1, "width": 4, "height": 3, "faces": []}\n'
     b = '{"path": "b.png", "error": "ValueError: image \'b.png\': no such file"}\n'
@@ -580,14 +581,17 @@ def test_merge_shards(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     j1 = _shard_journal(tmp_path / "s1.jsonl", [b, a, '{"path": "c.png", "wid'], [1, 3], crops="elsewhere")
     out = tmp_path / "all.jsonl"
     with caplog.at_level("WARNING"):
-        assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 0
+        assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 1
     assert out.read_text() == a + v + b
     log = caplog.text
     assert "1 incomplete or unparsable line(s)" in log
     assert "1 record(s) of inputs already merged" in log
-    assert "shards of 3: 2/3 missing" in log
+    assert "shard(s) 2/3 of the job are missing" in log
+    assert main(["merge", str(j0), str(j1), "-o", str(out), "--allow-incomplete"]) == 0
+    assert out.read_text() == a + v + b
+    j2 = _shard_journal(tmp_path / "s2.jsonl", [], [2, 3])
     coco_path = tmp_path / "all.json"
-    assert main(["merge", str(j0), str(j1), "-o", str(coco_path), "--format", "coco"]) == 0
+    assert main(["merge", str(j0), str(j1), str(j2), "-o", str(coco_path), "--format", "coco"]) == 0
     coco = json.loads(coco_path.read_text())
     assert [im["file_name"] for im in coco["images"]] == ["a.png", "v.mp4"]
     assert [e["path"] for e in coco["errors"]] == ["b.png"]
@@ -630,6 +634,24 @@ def test_merge_keeps_a_later_success_over_an_earlier_failure(
     assert "1 input(s) recorded as failed in one journal and done in another" in caplog.text
     assert main(["merge", str(new), str(old), "-o", str(out)]) == 0
     assert out.read_text() == ok + other
+
+
+def test_merge_names_a_journal_whose_settings_cannot_be_checked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A journal without its settings record (copied without it) is merged, with a warning
+    that its models and options were not checked against the others'."""
+    a = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
+    b = '{"path": "b.png", "width": 4, "height": 3, "faces": []}\n'
+    j0 = _shard_journal(tmp_path / "s0.jsonl", [a], None)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(b)
+    out = tmp_path / "all.jsonl"
+    with caplog.at_level("WARNING"):
+        assert main(["merge", str(j0), str(bare), "-o", str(out)]) == 0
+    assert out.read_text() == a + b
+    assert f"{bare}: no settings record (bare.jsonl.settings.json)" in caplog.text
+    assert str(j0) + ":" not in caplog.text
 
 
 def test_merge_refuses_files_that_are_not_journals_and_names_a_failed_write(
