@@ -190,14 +190,17 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, size: int, border: str = "c
 
 
 def source_tag(source: str, frame: int | None = None) -> str:
-    """A stable, file-name-safe tag of an input: ``<stem>_<8 hex of sha1(source)>[_frame<N>]``.
+    """A stable, file-name-safe tag of an input: ``<stem>_<8 hex of sha1(path)>[_frame<N>]``.
 
-    ``source`` is the input's path as recorded (the journal key), so the same input gives the
-    same tag in every run; the hash keeps equal stems from different folders apart.
+    ``source`` is the input's path as recorded (the journal key); the hash is of its absolute
+    form, so the same file gives the same tag in every run, and equal stems from different
+    folders stay apart, also when runs given relative paths from different working folders share
+    one crops folder (hashing the path as typed gave both ``a.png`` the same names: the second
+    run's crops replaced the first's).
     """
     stem = Path(source).stem or "input"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
-    digest = hashlib.sha1(os.fsencode(source)).hexdigest()[:8]
+    digest = hashlib.sha1(os.fsencode(os.path.abspath(source))).hexdigest()[:8]
     tag = f"{safe}_{digest}"
     return tag if frame is None else f"{tag}_frame{frame:06d}"
 

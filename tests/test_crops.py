@@ -229,7 +229,7 @@ def test_input_errors() -> None:
         aligned_crop_matrix(np.zeros((28, 3)), 64, scale=0.0)
 
 
-def test_crop_names_stable_and_distinct() -> None:
+def test_crop_names_stable_and_distinct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a = crop_name("shots/a/img.png", 0)
     assert a == crop_name("shots/a/img.png", 0)
     assert a.startswith("img_")
@@ -237,6 +237,14 @@ def test_crop_names_stable_and_distinct() -> None:
     assert a != crop_name("shots/b/img.png", 0)
     assert crop_name("v.mp4", 3, frame=12, ext="jpg").endswith("_frame000012_f03.jpg")
     assert source_tag("dir/we ird:name.jpg").startswith("we_ird_name_")
+    # The same relative path from two working folders is two files: two names.
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    first = crop_name("img.png", 0)
+    assert first == crop_name(str(tmp_path / "one" / "img.png"), 0)
+    monkeypatch.chdir(tmp_path / "two")
+    assert crop_name("img.png", 0) != first
 
 
 @pytest.mark.parametrize("mode", ["aligned", "box"])
