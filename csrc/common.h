@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -75,8 +76,12 @@ inline int default_threads() {
   return n == 0 ? 1 : static_cast<int>(std::min(n, 64u));
 }
 
-// Runs fn(i) for i in [0, n) on up to `threads` threads (static contiguous chunks).
-// Call with the GIL released; fn must not touch Python objects.
+// Runs fn(0) .. fn(n - 1) in up to `threads` contiguous chunks, one std::thread each (the
+// calling thread waits). Call with the GIL released; fn must not touch Python objects.
+// Never terminates the process: a thread that cannot be started (a process or memory limit)
+// leaves its chunks to the calling thread, and an exception thrown by fn in any thread is
+// rethrown here after every started thread has been joined (the first one by chunk; pybind11
+// turns std::bad_alloc into MemoryError, others into RuntimeError).
 template <typename Fn>
 void parallel_for(int64_t n, int threads, Fn&& fn) {
   if (n <= 0) return;
@@ -86,18 +91,31 @@ void parallel_for(int64_t n, int threads, Fn&& fn) {
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(t));
   const int64_t chunk = (n + t - 1) / t;
-  for (int64_t w = 0; w < t; ++w) {
-    const int64_t begin = w * chunk;
-    const int64_t end = std::min(n, begin + chunk);
-    if (begin >= end) break;
-    pool.emplace_back([begin, end, &fn] {
-      for (int64_t i = begin; i < end; ++i) fn(i);
-    });
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(chunks));
+  auto run = [chunk, n, &fn, &errors](int64_t w) {
+    try {
+      for (int64_t i = w * chunk, end = std::min(n, (w + 1) * chunk); i < end; ++i) fn(i);
+    } catch (...) {
+      errors[static_cast<size_t>(w)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<size_t>(chunks));  // so a failed start leaves pool as it was
+  int64_t w = 0;
+  for (; w < chunks; ++w) {
+    try {
+      pool.emplace_back(run, w);
+    } catch (...) {
+      break;  // no thread for chunk w: this thread runs it and the rest
+    }
   }
+  for (; w < chunks; ++w) run(w);
   for (auto& th : pool) th.join();
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
 }
 
 }  // namespace afd
