@@ -226,11 +226,26 @@ def multilevel_roi_align(
 # ---------------------------------------------------------------------------------------------
 
 
+def _whole(value: object, name: str) -> int:
+    """``value`` as an int when it is a whole number (a Python or numpy integer, or a float with
+    no fractional part) that fits 32 bits; ``ValueError`` naming ``name`` otherwise (``int()``
+    would silently truncate 8.7 to 8)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        v = int(value)
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        v = int(float(value))
+    else:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not -(2**31) <= v < 2**31:
+        raise ValueError(f"{name} must fit in 32 bits, got {v}")
+    return v
+
+
 def _size_pair(out_size: tuple[int, int]) -> tuple[int, int]:
-    if len(out_size) != 2:
+    if isinstance(out_size, (str, bytes)) or len(out_size) != 2:
         raise ValueError(f"out_size must be (w, h), got {out_size!r}")
     w, h = out_size
-    return int(w), int(h)
+    return _whole(w, "out_size width"), _whole(h, "out_size height")
 
 
 def _float32_values(values: Sequence[float] | NDArray[np.float32], name: str) -> NDArray[np.float32]:
@@ -281,7 +296,7 @@ def warp_crops(
     """
     w, h = _size_pair(out_size)
     mean32, std32 = _float32_values(mean, "mean"), _float32_values(std, "std")
-    return _C.warp_crops(image, matrices, w, h, mean32, std32, mode, threads)
+    return _C.warp_crops(image, matrices, w, h, mean32, std32, mode, _whole(threads, "threads"))
 
 
 def warp_crops_u8(
@@ -300,7 +315,7 @@ def warp_crops_u8(
         ``cv2.warpAffine(image, matrices[i], out_size, flags=cv2.INTER_LINEAR)`` under ``mode``.
     """
     w, h = _size_pair(out_size)
-    return _C.warp_crops_u8(image, matrices, w, h, mode, threads)
+    return _C.warp_crops_u8(image, matrices, w, h, mode, _whole(threads, "threads"))
 
 
 def _pairs_array(
@@ -309,8 +324,10 @@ def _pairs_array(
     if flip_pairs is None:
         return None
     pairs = np.asarray(flip_pairs)
-    if pairs.size == 0:
+    if pairs.size == 0 and pairs.shape in ((0,), (0, 2)):
         return np.zeros((0, 2), dtype=np.int64)
+    if pairs.size == 0:
+        raise ValueError(f"flip_pairs must have shape (P, 2), got {pairs.shape}")
     if pairs.dtype.kind not in "iu":
         raise ValueError(f"flip_pairs must hold integers, got dtype {pairs.dtype}")
     return np.ascontiguousarray(pairs, dtype=np.int64)
@@ -398,5 +415,13 @@ def decode_heatmaps(
     """
     pairs = _pairs_array(flip_pairs)
     return _C.decode_heatmaps(
-        heatmaps, centers, box_sizes, mode, int(blur_kernel), flipped, pairs, bool(shift), threads
+        heatmaps,
+        centers,
+        box_sizes,
+        mode,
+        _whole(blur_kernel, "blur_kernel"),
+        flipped,
+        pairs,
+        bool(shift),
+        _whole(threads, "threads"),
     )

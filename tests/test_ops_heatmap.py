@@ -422,6 +422,8 @@ C2 = np.zeros((2, 2), np.float32)
         ({"mode": "unbiased"}, "mode must be 'dark', 'quarter' or 'none', got 'unbiased'"),
         ({"blur_kernel": 4}, "blur_kernel must be odd and >= 3"),
         ({"blur_kernel": 1}, "blur_kernel must be odd and >= 3"),
+        ({"blur_kernel": 11.9}, "blur_kernel must be an integer, got 11.9"),  # was cut to 11
+        ({"threads": 2**40}, "threads must fit in 32 bits, got 1099511627776"),
         ({"flipped": HM[:1]}, "flipped must have the shape of heatmaps"),
         ({"flipped": HM, "flip_pairs": [(0, 5)]}, r"flip_pairs\[0\] = \(0, 5\) is out of range for K = 5"),
         ({"flipped": HM, "flip_pairs": [(1, 2), (-1, 0)]}, r"flip_pairs\[1\] = \(-1, 0\) is out of range"),
@@ -445,3 +447,5 @@ def test_merge_flip_input_errors() -> None:
         ops.merge_flip(HM, HM, [(2, 9)])
     with pytest.raises(ValueError, match=r"flip_pairs must have shape \(P, 2\)"):
         ops.merge_flip(HM, HM, [(1, 2, 3)])
+    with pytest.raises(ValueError, match=r"flip_pairs must have shape \(P, 2\), got \(0, 3\)"):
+        ops.merge_flip(HM, HM, np.zeros((0, 3), np.int64))

@@ -230,6 +230,11 @@ def test_input_errors(image: object, mats: object, match: str) -> None:
         ({"out_size": (0, 4)}, "out_size must be two ints"),
         ({"out_size": (4, 40000)}, "out_size must be two ints"),
         ({"out_size": (4,)}, r"out_size must be \(w, h\)"),
+        ({"out_size": (8.7, 8)}, "out_size width must be an integer, got 8.7"),  # was cut to 8
+        ({"out_size": (8, float("nan"))}, "out_size height must be an integer, got nan"),
+        ({"out_size": (2**64, 8)}, "out_size width must fit in 32 bits"),
+        ({"out_size": (True, 8)}, "out_size width must be an integer, got True"),
+        ({"threads": 1.5}, "threads must be an integer, got 1.5"),
         ({"mode": "opencv3"}, "mode must be 'opencv5' or 'opencv4', got 'opencv3'"),
         ({"mean": (0.1, 0.2)}, r"mean must have shape \(3,\)"),
         ({"std": (0.1, 0.0, 0.2)}, r"std\[1\] must be finite and non-zero, got 0"),
