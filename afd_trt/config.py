@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ __all__ = [
 ]
 
 CONFIG_NAMES = ("yolov3", "faster-rcnn", "hrnetv2")
+
+# What the networks' architectures fix (afd_trt.models); a config can only restate them.
+YOLO_STRIDES = (32, 16, 8)
+FRCNN_ANCHOR_STRIDES = (4, 8, 16, 32, 64)
+HRNET_KEYPOINTS = 28
+HRNET_STRIDE = 4  # heatmap pixels per crop pixel
+HRNET_SIZE_DIVISOR = 32  # HRNet's four branches (strides 4 to 32) must meet at equal sizes
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,44 @@ class EngineConfig:
         return dict(self.profiles).get(input_name)
 
 
+def _check(ok: bool, what: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{what}: {message}")
+
+
+def _finite(values: Any, n: int) -> bool:
+    """Whether ``values`` is a sequence of ``n`` finite real numbers (not bools)."""
+    try:
+        return len(values) == n and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+    except TypeError:
+        return False
+
+
+def _positive_ints(values: Any, n: int) -> bool:
+    try:
+        return len(values) == n and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+        )
+    except TypeError:
+        return False
+
+
+def _unit(value: float) -> bool:
+    """A threshold: a finite number in [0, 1]."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _check_mean_std(what: str, mean: Any, std: Any) -> None:
+    _check(_finite(mean, 3), what, f"mean must be 3 finite numbers (RGB), got {mean!r}")
+    _check(
+        _finite(std, 3) and all(v > 0 for v in std),
+        what,
+        f"std must be 3 positive numbers (RGB), got {std!r}",
+    )
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """Detector input: keep-ratio resize into ``img_scale`` = (max long edge, max short edge),
@@ -74,6 +120,20 @@ class InputConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     pad_divisor: int = 32
+
+    def __post_init__(self) -> None:
+        what = "detector input config"
+        _check(
+            _positive_ints(self.img_scale, 2),
+            what,
+            f"img_scale must be 2 positive integers, got {self.img_scale!r}",
+        )
+        _check_mean_std(what, self.mean, self.std)
+        _check(
+            _positive_ints((self.pad_divisor,), 1),
+            what,
+            f"pad_divisor must be a positive integer, got {self.pad_divisor!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +149,36 @@ class YOLOv3Config:
     num_classes: int = 1
     type: str = "yolov3"
     engine: EngineConfig = EngineConfig()
+
+    def __post_init__(self) -> None:
+        what = "yolov3 config"
+        _check(
+            self.num_classes == 1, what, f"num_classes must be 1 (one class, face), got {self.num_classes!r}"
+        )
+        _check(
+            tuple(self.strides) == YOLO_STRIDES,
+            what,
+            f"strides must be {list(YOLO_STRIDES)} (the network's output levels, in head order), got {self.strides!r}",
+        )
+        _check(
+            len(self.base_sizes) == 3
+            and all(len(lv) == 3 and all(_finite(a, 2) and min(a) > 0 for a in lv) for lv in self.base_sizes),
+            what,
+            f"base_sizes must be 3 levels of 3 (w, h) anchor sizes > 0 (the head predicts 3 per level), got {self.base_sizes!r}",
+        )
+        _check(
+            self.input.pad_divisor % YOLO_STRIDES[0] == 0,
+            what,
+            f"pad_divisor must be a multiple of {YOLO_STRIDES[0]} (the network's largest stride), got {self.input.pad_divisor}",
+        )
+        for name in ("conf_thr", "score_thr", "nms_iou"):
+            value = getattr(self, name)
+            _check(_unit(value), what, f"{name} must be a number in [0, 1], got {value!r}")
+        _check(
+            isinstance(self.max_per_img, int) and not isinstance(self.max_per_img, bool),
+            what,
+            f"max_per_img must be an integer (<= 0: no limit), got {self.max_per_img!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -118,6 +208,76 @@ class FasterRCNNConfig:
     type: str = "faster-rcnn"
     engine: EngineConfig = EngineConfig()
 
+    def __post_init__(self) -> None:
+        what = "faster-rcnn config"
+        _check(
+            self.num_classes == 1, what, f"num_classes must be 1 (one class, face), got {self.num_classes!r}"
+        )
+        _check(
+            tuple(self.anchor_strides) == FRCNN_ANCHOR_STRIDES,
+            what,
+            f"anchor strides must be {list(FRCNN_ANCHOR_STRIDES)} (the FPN levels), got {self.anchor_strides!r}",
+        )
+        ok = _finite(self.anchor_ratios, len(self.anchor_ratios)) and _finite(
+            self.anchor_scales, len(self.anchor_scales)
+        )
+        _check(
+            ok
+            and len(self.anchor_ratios) * len(self.anchor_scales) == 3
+            and min(self.anchor_ratios + self.anchor_scales) > 0,
+            what,
+            "anchor ratios x scales must be 3 anchors (the RPN head predicts 3 per location), all > 0, "
+            f"got ratios {self.anchor_ratios!r} and scales {self.anchor_scales!r}",
+        )
+        _check(
+            tuple(self.roi_featmap_strides) == FRCNN_ANCHOR_STRIDES[:4],
+            what,
+            f"roi featmap_strides must be {list(FRCNN_ANCHOR_STRIDES[:4])}, got {self.roi_featmap_strides!r}",
+        )
+        _check(
+            self.roi_output_size == 7,
+            what,
+            f"roi output_size must be 7 (the box head's input is 256 x 7 x 7), got {self.roi_output_size!r}",
+        )
+        _check(
+            isinstance(self.roi_sampling_ratio, int) and self.roi_sampling_ratio >= 0,
+            what,
+            f"roi sampling_ratio must be an integer >= 0 (0: adaptive), got {self.roi_sampling_ratio!r}",
+        )
+        _check(
+            _finite((self.roi_finest_scale,), 1) and self.roi_finest_scale > 0,
+            what,
+            f"roi finest_scale must be a positive number, got {self.roi_finest_scale!r}",
+        )
+        for name in ("rpn_nms_iou", "score_thr", "nms_iou"):
+            value = getattr(self, name)
+            _check(_unit(value), what, f"{name} must be a number in [0, 1], got {value!r}")
+        _check(
+            _positive_ints((self.rpn_max_per_img,), 1),
+            what,
+            f"rpn max_per_img must be a positive integer, got {self.rpn_max_per_img!r}",
+        )
+        for name in ("rpn_nms_pre", "max_per_img"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool),
+                what,
+                f"{name} must be an integer (<= 0: no limit), got {value!r}",
+            )
+        _check(
+            _finite((self.rpn_min_bbox_size,), 1),
+            what,
+            f"rpn min_bbox_size must be a finite number (< 0: no minimum), got {self.rpn_min_bbox_size!r}",
+        )
+        for name in ("rpn_target_means", "rpn_target_stds", "rcnn_target_means", "rcnn_target_stds"):
+            value = getattr(self, name)
+            positive = name.endswith("stds")
+            _check(
+                _finite(value, 4) and (not positive or min(value) > 0),
+                what,
+                f"{name} must be 4 {'positive' if positive else 'finite'} numbers, got {value!r}",
+            )
+
 
 @dataclass(frozen=True)
 class HRNetConfig:
@@ -127,7 +287,6 @@ class HRNetConfig:
     std: tuple[float, float, float]
     bbox_padding: float
     pixel_std: float
-    flip_test: bool
     shift_heatmap: bool
     flip_pairs: tuple[tuple[int, int], ...]
     decode: str
@@ -138,62 +297,192 @@ class HRNetConfig:
     engine: EngineConfig = EngineConfig()
 
     def __post_init__(self) -> None:
-        if self.decode not in ("dark", "quarter", "none"):
-            raise ValueError(
-                f"hrnetv2 config: decode must be 'dark', 'quarter' or 'none', got {self.decode!r}"
+        what = "hrnetv2 config"
+        _check(
+            self.num_keypoints == HRNET_KEYPOINTS,
+            what,
+            f"num_keypoints must be {HRNET_KEYPOINTS} (the network's outputs), got {self.num_keypoints!r}",
+        )
+        _check(
+            _positive_ints(self.input_size, 2) and all(v % HRNET_SIZE_DIVISOR == 0 for v in self.input_size),
+            what,
+            f"input size must be 2 positive multiples of {HRNET_SIZE_DIVISOR} (w, h), got {self.input_size!r}",
+        )
+        want = tuple(v // HRNET_STRIDE for v in self.input_size)
+        _check(
+            tuple(self.heatmap_size) == want,
+            what,
+            f"heatmap_size must be the input size / {HRNET_STRIDE} (the network's output), "
+            f"{list(want)}, got {self.heatmap_size!r}",
+        )
+        _check_mean_std(what, self.mean, self.std)
+        for name in ("bbox_padding", "pixel_std"):
+            value = getattr(self, name)
+            _check(
+                _finite((value,), 1) and value > 0, what, f"{name} must be a positive number, got {value!r}"
             )
-        if self.blur_kernel % 2 != 1 or self.blur_kernel < 1:
-            raise ValueError(f"hrnetv2 config: blur_kernel must be odd and >= 1, got {self.blur_kernel}")
-        for a, b in self.flip_pairs:
-            if not (0 <= a < self.num_keypoints and 0 <= b < self.num_keypoints):
-                raise ValueError(
-                    f"hrnetv2 config: flip pair {(a, b)} out of range for {self.num_keypoints} keypoints"
-                )
+        _check(
+            isinstance(self.shift_heatmap, bool),
+            what,
+            f"shift_heatmap must be true or false, got {self.shift_heatmap!r}",
+        )
+        _check(
+            self.decode in ("dark", "quarter", "none"),
+            what,
+            f"decode must be 'dark', 'quarter' or 'none', got {self.decode!r}",
+        )
+        _check(
+            isinstance(self.blur_kernel, int) and self.blur_kernel % 2 == 1 and self.blur_kernel >= 3,
+            what,
+            f"blur_kernel must be an odd integer >= 3, got {self.blur_kernel!r}",
+        )
+        seen: set[int] = set()
+        for pair in self.flip_pairs:
+            _check(
+                len(pair) == 2 and all(isinstance(k, int) and 0 <= k < self.num_keypoints for k in pair),
+                what,
+                f"flip pair {pair!r} must be 2 keypoint indices in 0..{self.num_keypoints - 1}",
+            )
+            a, b = pair
+            _check(
+                a != b and not {a, b} & seen,
+                what,
+                f"flip pair {[a, b]}: a keypoint may be in one pair only, mirrored to another",
+            )
+            seen |= {a, b}
 
 
 ModelConfig = YOLOv3Config | FasterRCNNConfig | HRNetConfig
 
 
-def _tuple(x: Any) -> Any:
-    return tuple(_tuple(v) for v in x) if isinstance(x, list) else x
+_MISSING: Any = object()
 
 
-def _section(raw: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
-    sec = raw.get(name)
-    if not isinstance(sec, Mapping):
-        raise ValueError(f"config {source}: missing [{name}] section")
-    return sec
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _get(sec: Mapping[str, Any], key: str, source: str, section: str) -> Any:
-    if key not in sec:
-        raise ValueError(f"config {source}: missing key '{key}' in [{section}]")
-    return _tuple(sec[key])
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class _Table:
+    """One table of a config file, read key by key: every value's TOML type is checked, with the
+    file, table and key in the message (``"false"`` is a string, not false; ``100.7`` is not a
+    count), and :meth:`done` refuses keys never read: a misspelt key would otherwise leave the
+    default it meant to change, silently."""
+
+    def __init__(self, raw: Mapping[str, Any], name: str, source: str, *, required: bool = True) -> None:
+        sec = raw.get(name, _MISSING)
+        if sec is _MISSING:
+            if required:
+                raise ValueError(f"config {source}: missing [{name}] section")
+            sec = {}
+        if not isinstance(sec, Mapping):
+            raise ValueError(f"config {source}: [{name}] must be a table, got {sec!r}")
+        self.sec, self.name, self.source = sec, name, source
+        self.read: set[str] = set()
+
+    def _value(self, key: str, default: Any) -> Any:
+        self.read.add(key)
+        if key in self.sec:
+            return self.sec[key]
+        if default is _MISSING:
+            raise ValueError(f"config {self.source}: missing key '{key}' in [{self.name}]")
+        return default
+
+    def _bad(self, key: str, what: str, value: Any) -> ValueError:
+        return ValueError(f"config {self.source}: [{self.name}] {key} must be {what}, got {value!r}")
+
+    def integer(self, key: str, default: Any = _MISSING) -> int:
+        v = self._value(key, default)
+        if not _is_int(v):
+            raise self._bad(key, "an integer", v)
+        return int(v)
+
+    def number(self, key: str, default: Any = _MISSING) -> float:
+        v = self._value(key, default)
+        if not _is_number(v) or not math.isfinite(v):
+            raise self._bad(key, "a finite number", v)
+        return float(v)
+
+    def flag(self, key: str, default: Any = _MISSING) -> bool:
+        v = self._value(key, default)
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false", v)
+        return v
+
+    def text(self, key: str, default: Any = _MISSING) -> str:
+        v = self._value(key, default)
+        if not isinstance(v, str):
+            raise self._bad(key, "a string", v)
+        return v
+
+    def integers(self, key: str, n: int | None = None) -> tuple[int, ...]:
+        v = self._value(key, _MISSING)
+        if not isinstance(v, list) or not all(map(_is_int, v)) or (n is not None and len(v) != n):
+            raise self._bad(key, f"a list of {n or 'some'} integers", v)
+        return tuple(int(x) for x in v)
+
+    def numbers(self, key: str, n: int | None = None) -> tuple[float, ...]:
+        v = self._value(key, _MISSING)
+        ok = isinstance(v, list) and all(_is_number(x) and math.isfinite(x) for x in v)
+        if not ok or (n is not None and len(v) != n):
+            raise self._bad(key, f"a list of {n or 'some'} finite numbers", v)
+        return tuple(float(x) for x in v)
+
+    def nested(self, key: str, depth: int, leaf: Any) -> Any:
+        """A list of lists (``depth`` levels) whose leaves satisfy ``leaf``, as nested tuples."""
+        v = self._value(key, _MISSING)
+
+        def convert(x: Any, d: int) -> Any:
+            if d == 0:
+                if not leaf(x):
+                    raise self._bad(key, f"nested lists ({depth} deep) of numbers", v)
+                return x
+            if not isinstance(x, list):
+                raise self._bad(key, f"nested lists ({depth} deep) of numbers", v)
+            return tuple(convert(y, d - 1) for y in x)
+
+        return convert(v, depth)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.sec) - self.read)
+        if unknown:
+            raise ValueError(
+                f"config {self.source}: unknown key(s) {', '.join(map(repr, unknown))} in [{self.name}] "
+                f"(known: {', '.join(sorted(self.read))})"
+            )
 
 
 def _weights(raw: Mapping[str, Any], source: str) -> WeightsSpec:
-    sec = raw.get("weights", {})
-    return WeightsSpec(
-        file=str(sec.get("file", "")), url=str(sec.get("url", "")), sha256=str(sec.get("sha256", ""))
-    )
+    t = _Table(raw, "weights", source, required=False)
+    spec = WeightsSpec(file=t.text("file", ""), url=t.text("url", ""), sha256=t.text("sha256", ""))
+    t.done()
+    if spec.sha256 and (
+        len(spec.sha256) != 64 or any(c not in "0123456789abcdef" for c in spec.sha256.lower())
+    ):
+        raise ValueError(
+            f"config {source}: [weights] sha256 must be empty or 64 hex digits, got {spec.sha256!r}"
+        )
+    return spec
 
 
 def _input(raw: Mapping[str, Any], source: str) -> InputConfig:
-    sec = _section(raw, "input", source)
-    return InputConfig(
-        img_scale=_get(sec, "img_scale", source, "input"),
-        mean=_get(sec, "mean", source, "input"),
-        std=_get(sec, "std", source, "input"),
-        pad_divisor=int(sec.get("pad_divisor", 32)),
-    )
+    t = _Table(raw, "input", source)
+    img_scale = t.integers("img_scale", 2)
+    mean, std = t.numbers("mean", 3), t.numbers("std", 3)
+    pad = t.integer("pad_divisor", 32)
+    t.done()
+    return InputConfig(img_scale=img_scale, mean=mean, std=std, pad_divisor=pad)  # type: ignore[arg-type]
 
 
 def _engine(raw: Mapping[str, Any], source: str) -> EngineConfig:
     """The optional ``[engine]`` section: ``[engine.profiles.<input>]`` tables of min/opt/max shapes."""
-    sec = raw.get("engine", {})
-    if not isinstance(sec, Mapping):
-        raise ValueError(f"config {source}: [engine] must be a table, got {sec!r}")
-    tables = sec.get("profiles", {})
+    sec = _Table(raw, "engine", source, required=False)
+    tables = sec.sec.get("profiles", {})
+    sec.read.add("profiles")
+    sec.done()
     if not isinstance(tables, Mapping):
         raise ValueError(f"config {source}: [engine.profiles] must be a table, got {tables!r}")
     profiles = []
@@ -201,14 +490,17 @@ def _engine(raw: Mapping[str, Any], source: str) -> EngineConfig:
         where = f"[engine.profiles.{name}]"
         if not isinstance(tab, Mapping):
             raise ValueError(f"config {source}: {where} must be a table with min, opt, max, got {tab!r}")
+        t = _Table(tables, str(name), source)
+        t.name = f"engine.profiles.{name}"
         shapes = []
         for k in ("min", "opt", "max"):
-            v = _get(tab, k, source, f"engine.profiles.{name}")
-            if not (isinstance(v, tuple) and v and all(isinstance(d, int) and d > 0 for d in v)):
+            v = t._value(k, _MISSING)
+            if not (isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v)):
                 raise ValueError(
                     f"config {source}: {where} {k} must be a list of positive integers, got {v!r}"
                 )
-            shapes.append(v)
+            shapes.append(tuple(v))
+        t.done()
         lo, opt, hi = shapes
         if not len(lo) == len(opt) == len(hi):
             raise ValueError(f"config {source}: {where} min/opt/max ranks differ: {lo}, {opt}, {hi}")
@@ -220,70 +512,127 @@ def _engine(raw: Mapping[str, Any], source: str) -> EngineConfig:
     return EngineConfig(profiles=tuple(profiles))
 
 
+_SECTIONS = {
+    "yolov3": ("model", "input", "anchors", "test", "weights", "engine"),
+    "faster-rcnn": ("model", "input", "anchors", "rpn", "roi", "test", "weights", "engine"),
+    "hrnetv2": ("model", "input", "test", "weights", "engine"),
+}
+
+
 def _from_raw(raw: Mapping[str, Any], source: str) -> ModelConfig:
-    model = _section(raw, "model", source)
-    kind = model.get("type")
+    model = _Table(raw, "model", source)
+    kind = model._value("type", _MISSING)
+    if kind not in _SECTIONS:
+        raise ValueError(f"config {source}: [model] type must be one of {CONFIG_NAMES}, got {kind!r}")
+    unknown = sorted(set(raw) - set(_SECTIONS[kind]))
+    if unknown:
+        raise ValueError(
+            f"config {source}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)} for a {kind} "
+            f"config (known: {', '.join(f'[{k}]' for k in _SECTIONS[kind])})"
+        )
+    try:
+        cfg = _build(kind, raw, model, source)
+    except ValueError as e:
+        if str(e).startswith("config "):
+            raise
+        raise ValueError(f"config {source}: {e}") from None
+    return cfg
+
+
+def _build(kind: str, raw: Mapping[str, Any], model: _Table, source: str) -> ModelConfig:
+    """The config of ``kind`` from its file's tables (each table's unknown keys refused)."""
+
+    def positive_number(x: Any) -> bool:
+        return _is_number(x) and math.isfinite(x) and x > 0
+
     if kind == "yolov3":
-        anchors, test = _section(raw, "anchors", source), _section(raw, "test", source)
+        num_classes = model.integer("num_classes", 1)
+        model.done()
+        inp = _input(raw, source)
+        anchors, test = _Table(raw, "anchors", source), _Table(raw, "test", source)
+        strides, base_sizes = anchors.integers("strides"), anchors.nested("base_sizes", 3, positive_number)
+        anchors.done()
+        conf_thr, score_thr, nms_iou = (test.number(k) for k in ("conf_thr", "score_thr", "nms_iou"))
+        max_per_img = test.integer("max_per_img")
+        test.done()
         return YOLOv3Config(
-            input=_input(raw, source),
-            strides=_get(anchors, "strides", source, "anchors"),
-            base_sizes=_get(anchors, "base_sizes", source, "anchors"),
-            conf_thr=float(_get(test, "conf_thr", source, "test")),
-            score_thr=float(_get(test, "score_thr", source, "test")),
-            nms_iou=float(_get(test, "nms_iou", source, "test")),
-            max_per_img=int(_get(test, "max_per_img", source, "test")),
+            input=inp,
+            strides=strides,
+            base_sizes=base_sizes,
+            conf_thr=conf_thr,
+            score_thr=score_thr,
+            nms_iou=nms_iou,
+            max_per_img=max_per_img,
             weights=_weights(raw, source),
-            num_classes=int(model.get("num_classes", 1)),
+            num_classes=num_classes,
             engine=_engine(raw, source),
         )
     if kind == "faster-rcnn":
-        anchors = _section(raw, "anchors", source)
-        rpn, roi, test = (_section(raw, s, source) for s in ("rpn", "roi", "test"))
-        return FasterRCNNConfig(
-            input=_input(raw, source),
-            anchor_strides=_get(anchors, "strides", source, "anchors"),
-            anchor_ratios=_get(anchors, "ratios", source, "anchors"),
-            anchor_scales=_get(anchors, "scales", source, "anchors"),
-            rpn_nms_pre=int(_get(rpn, "nms_pre", source, "rpn")),
-            rpn_nms_iou=float(_get(rpn, "nms_iou", source, "rpn")),
-            rpn_max_per_img=int(_get(rpn, "max_per_img", source, "rpn")),
-            rpn_min_bbox_size=float(_get(rpn, "min_bbox_size", source, "rpn")),
-            rpn_target_means=_get(rpn, "target_means", source, "rpn"),
-            rpn_target_stds=_get(rpn, "target_stds", source, "rpn"),
-            roi_output_size=int(_get(roi, "output_size", source, "roi")),
-            roi_sampling_ratio=int(_get(roi, "sampling_ratio", source, "roi")),
-            roi_featmap_strides=_get(roi, "featmap_strides", source, "roi"),
-            roi_finest_scale=float(_get(roi, "finest_scale", source, "roi")),
-            roi_aligned=bool(roi.get("aligned", True)),
-            score_thr=float(_get(test, "score_thr", source, "test")),
-            nms_iou=float(_get(test, "nms_iou", source, "test")),
-            max_per_img=int(_get(test, "max_per_img", source, "test")),
-            rcnn_target_means=_get(test, "target_means", source, "test"),
-            rcnn_target_stds=_get(test, "target_stds", source, "test"),
+        num_classes = model.integer("num_classes", 1)
+        model.done()
+        inp = _input(raw, source)
+        anchors = _Table(raw, "anchors", source)
+        strides, ratios, scales = (
+            anchors.integers("strides"),
+            anchors.numbers("ratios"),
+            anchors.numbers("scales"),
+        )
+        anchors.done()
+        rpn, roi, test = (_Table(raw, name, source) for name in ("rpn", "roi", "test"))
+        cfg = FasterRCNNConfig(
+            input=inp,
+            anchor_strides=strides,
+            anchor_ratios=ratios,
+            anchor_scales=scales,
+            rpn_nms_pre=rpn.integer("nms_pre"),
+            rpn_nms_iou=rpn.number("nms_iou"),
+            rpn_max_per_img=rpn.integer("max_per_img"),
+            rpn_min_bbox_size=rpn.number("min_bbox_size"),
+            rpn_target_means=rpn.numbers("target_means", 4),  # type: ignore[arg-type]
+            rpn_target_stds=rpn.numbers("target_stds", 4),  # type: ignore[arg-type]
+            roi_output_size=roi.integer("output_size"),
+            roi_sampling_ratio=roi.integer("sampling_ratio"),
+            roi_featmap_strides=roi.integers("featmap_strides"),
+            roi_finest_scale=roi.number("finest_scale"),
+            roi_aligned=roi.flag("aligned", True),
+            score_thr=test.number("score_thr"),
+            nms_iou=test.number("nms_iou"),
+            max_per_img=test.integer("max_per_img"),
+            rcnn_target_means=test.numbers("target_means", 4),  # type: ignore[arg-type]
+            rcnn_target_stds=test.numbers("target_stds", 4),  # type: ignore[arg-type]
             weights=_weights(raw, source),
-            num_classes=int(model.get("num_classes", 1)),
+            num_classes=num_classes,
             engine=_engine(raw, source),
         )
-    if kind == "hrnetv2":
-        inp, test = _section(raw, "input", source), _section(raw, "test", source)
-        return HRNetConfig(
-            input_size=_get(inp, "size", source, "input"),
-            heatmap_size=_get(inp, "heatmap_size", source, "input"),
-            mean=_get(inp, "mean", source, "input"),
-            std=_get(inp, "std", source, "input"),
-            bbox_padding=float(_get(inp, "bbox_padding", source, "input")),
-            pixel_std=float(_get(inp, "pixel_std", source, "input")),
-            flip_test=bool(test.get("flip_test", True)),
-            shift_heatmap=bool(test.get("shift_heatmap", True)),
-            flip_pairs=_get(test, "flip_pairs", source, "test"),
-            decode=str(test.get("decode", "dark")),
-            blur_kernel=int(test.get("blur_kernel", 11)),
-            weights=_weights(raw, source),
-            num_keypoints=int(model.get("num_keypoints", 28)),
-            engine=_engine(raw, source),
+        for t in (rpn, roi, test):
+            t.done()
+        return cfg
+    num_keypoints = model.integer("num_keypoints", HRNET_KEYPOINTS)
+    model.done()
+    inp_t, test = _Table(raw, "input", source), _Table(raw, "test", source)
+    if "flip_test" in test.sec:
+        raise ValueError(
+            f"config {source}: [test] flip_test is not a model setting: the flip test is chosen per "
+            "Detector (Detector(flip_test=...), afd-trt --no-flip); remove it from the file"
         )
-    raise ValueError(f"config {source}: [model] type must be one of {CONFIG_NAMES}, got {kind!r}")
+    cfg_h = HRNetConfig(
+        input_size=inp_t.integers("size", 2),  # type: ignore[arg-type]
+        heatmap_size=inp_t.integers("heatmap_size", 2),  # type: ignore[arg-type]
+        mean=inp_t.numbers("mean", 3),  # type: ignore[arg-type]
+        std=inp_t.numbers("std", 3),  # type: ignore[arg-type]
+        bbox_padding=inp_t.number("bbox_padding"),
+        pixel_std=inp_t.number("pixel_std"),
+        shift_heatmap=test.flag("shift_heatmap", True),
+        flip_pairs=test.nested("flip_pairs", 2, _is_int),
+        decode=test.text("decode", "dark"),
+        blur_kernel=test.integer("blur_kernel", 11),
+        weights=_weights(raw, source),
+        num_keypoints=num_keypoints,
+        engine=_engine(raw, source),
+    )
+    inp_t.done()
+    test.done()
+    return cfg_h
 
 
 def _packaged_config_text(name: str) -> str:

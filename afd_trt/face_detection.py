@@ -74,6 +74,12 @@ def _stack(
     return torch.from_numpy(np.ascontiguousarray(np.stack([_host_input(inputs[i], cfg) for i in idx])))
 
 
+def _at_most(keep: np.ndarray, max_per_img: int) -> np.ndarray:
+    """The first ``max_per_img`` of the kept indices; all of them for ``max_per_img <= 0``, as
+    mmdet's ``multiclass_nms`` (``max_num``) reads it."""
+    return keep[:max_per_img] if max_per_img > 0 else keep
+
+
 def _host_input(inp: DetInput, cfg: InputConfig) -> np.ndarray:
     """float32 (3, Hp, Wp) view of a prepared input (normalised here if it was not yet)."""
     if inp.normalized:
@@ -174,7 +180,7 @@ class YOLOv3FaceDetector:
         scores_np = np.ascontiguousarray((cls_scores * objectness)[valid].cpu().numpy())
         if len(scores_np) == 0:
             return np.zeros((0, 5), np.float32)
-        keep_idx = ops.nms(boxes_np, scores_np, cfg.nms_iou)[: cfg.max_per_img]
+        keep_idx = _at_most(ops.nms(boxes_np, scores_np, cfg.nms_iou), cfg.max_per_img)
         return np.concatenate([boxes_np[keep_idx], scores_np[keep_idx, None]], axis=1)
 
     def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]:
@@ -345,7 +351,7 @@ class FasterRCNNFaceDetector:
         sc = np.ascontiguousarray(face[valid].numpy())
         if len(sc) == 0:
             return np.zeros((0, 5), np.float32)
-        keep = ops.nms(b, sc, cfg.nms_iou)[: cfg.max_per_img]
+        keep = _at_most(ops.nms(b, sc, cfg.nms_iou), cfg.max_per_img)
         return np.concatenate([b[keep], sc[keep, None]], axis=1)
 
     def detect_prepared(self, inputs: Sequence[DetInput]) -> list[np.ndarray]:

@@ -321,6 +321,31 @@ def test_custom_yolo_config_matches_upstream_with_same_settings(weights: Weights
     assert [f["bbox"].tolist() for f in default(img)] != [f["bbox"].tolist() for f in got]
 
 
+@pytest.mark.oracle
+def test_max_per_img_zero_or_less_is_no_limit_as_upstream(weights: Weights) -> None:
+    """``max_per_img = -1`` keeps every face after NMS, as mmdet's ``multiclass_nms`` reads it
+    (a Python slice ``[:-1]`` dropped the last one)."""
+    anime_face_detector = pytest.importorskip("anime_face_detector")
+    base = load_config("yolov3")
+    assert isinstance(base, YOLOv3Config)
+    img = tadne_crop(0, 512, 3072, 1728, (960, 540))
+    ref = anime_face_detector.LandmarkDetector(
+        weights["hrnetv2"]["pth"], "yolov3", weights["yolov3"]["pth"], device="cpu", flip_test=False
+    )
+    ref.face_detector.bbox_head.test_cfg = {**ref.face_detector.bbox_head.test_cfg, "max_per_img": -1}
+    ours = afd_trt.Detector(
+        "yolov3",
+        weights["yolov3"]["pth"],
+        weights["hrnetv2"]["pth"],
+        device="cpu",
+        flip_test=False,
+        face_detector_config=dataclasses.replace(base, max_per_img=-1),
+    )
+    exp = ref(img)
+    got = ours(img)
+    assert len(exp) >= 2
+    assert [f["bbox"].tolist() for f in got] == [f["bbox"].tolist() for f in exp]
+
 def test_custom_config_file(weights: Weights, tmp_path: Path, image: np.ndarray) -> None:
     from afd_trt.config import _packaged_config_text
 
