@@ -178,13 +178,38 @@ def _header_size(path: Path) -> tuple[int, int] | None:
 
 
 def _jpeg_looks_truncated(path: Path) -> bool:
-    """True for a JPEG whose last bytes (trailing NULs/whitespace ignored) are not FF D9 (EOI)."""
+    """True for a JPEG without its end-of-image marker (FF D9): not at the end (trailing NULs
+    and whitespace ignored), nor after its first scan. Phones' "motion photos" and other files
+    append data (a video) after a complete JPEG: the marker is then found where the scan ends.
+    The whole file is read only when its end is not the marker."""
     with path.open("rb") as f:
         if f.read(3) != b"\xff\xd8\xff":
             return False
         f.seek(max(0, path.stat().st_size - 4096))
-        tail = f.read().rstrip(b"\x00 \t\r\n")
-    return not tail.endswith(b"\xff\xd9")
+        if f.read().rstrip(b"\x00 \t\r\n").endswith(b"\xff\xd9"):
+            return False
+        f.seek(0)
+        data = f.read()
+    return data.find(b"\xff\xd9", _first_scan(data)) < 0
+
+
+def _first_scan(data: bytes) -> int:
+    """Offset of a JPEG's first SOS (start of scan) marker, found by walking the header segments
+    by their lengths (an EXIF thumbnail in them holds an FF D9 of its own); after it, FF D9 can
+    only be the end of the image (entropy-coded data escapes FF as FF 00). Where the segments
+    do not parse, the offset reached so far."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:
+            return pos
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return min(pos, len(data))
 
 
 def _check_file(path: Path, limit: int, name: str) -> bool:

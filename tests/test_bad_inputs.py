@@ -18,8 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import afd_trt
+from afd_trt import jpeg
 from afd_trt.image import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS, load_image, max_pixels_limit
 from afd_trt.test_weights import synthetic_image
 
@@ -427,6 +429,23 @@ def test_truncated_jpeg_decodes_like_upstream_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="afd_trt.image"):
         _loads_like_upstream(q)
     assert not caplog.records
+    # An EXIF thumbnail (a JPEG, FF D9 and all, inside the APP1 segment) before the scan.
+    thumb = encoded(good_a[::8, ::8], ".jpg")
+    app1 = b"Exif\x00\x00" + thumb
+    with_thumb = full[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + full[2:]
+    # A "motion photo": a complete JPEG with a video appended after its end marker.
+    motion = tmp_path / "motion.jpg"
+    motion.write_bytes(with_thumb + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    with caplog.at_level(logging.WARNING, logger="afd_trt"):
+        np.testing.assert_array_equal(_loads_like_upstream(motion), _loads_like_upstream(q))
+        assert jpeg.decode_jpeg(motion, torch.device("cpu")) is not None  # not sent back to OpenCV
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    # Cut inside the scan, the thumbnail's end marker does not make it look complete.
+    cut = tmp_path / "cut-thumb.jpg"
+    cut.write_bytes(with_thumb[: len(with_thumb) * 2 // 3])
+    with caplog.at_level(logging.WARNING, logger="afd_trt.image"):
+        _loads_like_upstream(cut)
+    assert any("truncated?" in r.getMessage() and str(cut) in r.getMessage() for r in caplog.records)
 
 
 def test_cmyk_jpeg_becomes_bgr(tmp_path: Path, good_a: np.ndarray) -> None:

@@ -346,6 +346,7 @@ def test_max_per_img_zero_or_less_is_no_limit_as_upstream(weights: Weights) -> N
     assert len(exp) >= 2
     assert [f["bbox"].tolist() for f in got] == [f["bbox"].tolist() for f in exp]
 
+
 def test_custom_config_file(weights: Weights, tmp_path: Path, image: np.ndarray) -> None:
     from afd_trt.config import _packaged_config_text
 
