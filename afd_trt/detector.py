@@ -66,6 +66,11 @@ class BatchError(RuntimeError):
         self.results = results
         self.errors = errors
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its two arguments (the default pickles the message only, and unpickling
+        # then fails: a worker's BatchError would break a process pool, results and all).
+        return (type(self), (self.results, self.errors))
+
 
 @dataclass(frozen=True)
 class StreamResult:
@@ -162,6 +167,27 @@ def _positive_number(name: str, value: object) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``: an integer (numpy's too), not a bool, a float or a
+    string (``int()`` would turn 1.5 into 1 and accept ``"2"``)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _image_collection(images: object) -> None:
+    """``TypeError`` when ``images``, given where several images are expected, is one image: a
+    path (iterating it would give its characters) or one array (its rows)."""
+    if isinstance(images, (str, bytes, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim != 4):
+        raise TypeError(
+            f"images: expected an iterable of images (or an (N, H, W, C) array), got {type(images).__name__}"
+            + (f" of shape {images.shape}" if isinstance(images, np.ndarray) else "")
+            + "; for one image call the detector itself"
+        )
 
 
 def _absolute(value: Any) -> Any:
@@ -494,20 +520,19 @@ class Detector:
         """Faces and landmarks of several images (see :meth:`stream`); results equal per-image
         calls. An image that fails (unreadable, bad boxes, ...) never loses the others' results:
         a ``BatchError`` carries them and every failure, each naming its image."""
-        if isinstance(images, (str, bytes, os.PathLike)) or (
-            isinstance(images, np.ndarray) and images.ndim != 4
-        ):
-            raise TypeError(
-                f"images: expected a list of images (or an (N, H, W, C) array), got {type(images).__name__}"
-                + (f" of shape {images.shape}" if isinstance(images, np.ndarray) else "")
-                + "; for one image call the detector itself"
-            )
+        _image_collection(images)
         items = list(images)
+        if boxes is not None and not isinstance(boxes, Sequence):
+            boxes = list(boxes)  # a generator of box lists, as stream() takes
         if boxes is not None and len(boxes) != len(items):
             raise ValueError(f"boxes: got {len(boxes)} box lists for {len(items)} images")
         results: list[list[Face] | None] = [None] * len(items)
         errors: dict[int, Exception] = {}
-        n = batch_size if batch_size is not None else max(1, min(len(items), self.default_batch_size))
+        n = (
+            _count("batch_size", batch_size, 1)
+            if batch_size is not None
+            else max(1, min(len(items), self.default_batch_size))
+        )
         for r in self.stream(items, boxes=boxes, batch_size=n):
             if r.error is not None:
                 errors[r.index] = r.error
@@ -556,7 +581,8 @@ class Detector:
         results of every input read before it are yielded first, then that exception is raised.
 
         Args:
-            images: paths or BGR uint8 (H, W, 3) arrays (see ``afd_trt.image.load_image``).
+            images: paths or BGR uint8 (H, W, 3) arrays (see ``afd_trt.image.load_image``);
+                arrays are copied as they are read, so a reader may refill one buffer.
             boxes: optional, one box list (or None: detect) per image, consumed in step.
             batch_size: images per batch (default :attr:`default_batch_size`).
             workers: decoding threads (0: decode in the calling thread; default
@@ -564,13 +590,9 @@ class Detector:
             keep_images: hand each decoded image back in ``StreamResult.image`` (to crop or
                 draw without decoding twice).
         """
-        n = self.default_batch_size if batch_size is None else int(batch_size)
-        if n < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        if workers is None:
-            workers = self.default_workers
-        if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers!r}")
+        n = self.default_batch_size if batch_size is None else _count("batch_size", batch_size, 1)
+        workers = self.default_workers if workers is None else _count("workers", workers, 0)
+        _image_collection(images)
         box_iter = iter(boxes) if boxes is not None else None
         inputs = iter(images)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="afd_trt-decode") if workers else None
@@ -578,6 +600,10 @@ class Detector:
         depth = 2 * n + workers
 
         def submit(index: int, item: ImageInput) -> None:
+            if isinstance(item, np.ndarray):
+                # Read ahead of its turn: a reader that refills one buffer (video frames) would
+                # change it under us. A copy now costs about a millisecond for 1920x1080.
+                item = item.copy()
             b = None
             if box_iter is not None:
                 try:
@@ -758,10 +784,22 @@ class Detector:
             )
 
     def detect_faces(
+        self, images: Sequence[ImageInput | Pixels], prepared: Sequence[DetInput | None] | None = None
+    ) -> list[np.ndarray]:
+        """Expanded face boxes float32 (K, 5) per image (requires a face detector): paths or
+        arrays, read and checked as the detector's own calls do them (``afd_trt.image.load_image``;
+        an error names the image by its index), or images already on this detector's device.
+        ``prepared``: detector inputs already made from the images (None entries are made here)."""
+        _image_collection(images)
+        loaded = [
+            img if isinstance(img, torch.Tensor) else self._load(img, _input_name(img, i))
+            for i, img in enumerate(images)
+        ]
+        return self._detect_faces(loaded, prepared)
+
+    def _detect_faces(
         self, images: Sequence[Pixels], prepared: Sequence[DetInput | None] | None = None
     ) -> list[np.ndarray]:
-        """Expanded face boxes float32 (K, 5) per BGR uint8 image (requires a face detector).
-        ``prepared``: detector inputs already made from the images (None entries are made here)."""
         if self.face_detector is None:
             raise ValueError("detect_faces: this Detector was built with face_detector=None")
         fd = self.face_detector
@@ -829,7 +867,7 @@ class Detector:
             else:
                 need.append(i)
         if need:
-            dets = self.detect_faces([images[i] for i in need], [preps[i] for i in need])
+            dets = self._detect_faces([images[i] for i in need], [preps[i] for i in need])
             for i, det in zip(need, dets, strict=True):
                 all_boxes[i] = det
         final = [b if b is not None else np.zeros((0, 5), np.float32) for b in all_boxes]

@@ -191,11 +191,87 @@ def test_stream_keeps_images_on_request(
     assert all(r.image is None for r in det.stream([images[0], path], boxes=[[], []]))
 
 
-def test_stream_argument_errors(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
-    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+def test_stream_argument_errors(det: afd_trt.Detector, images: list[np.ndarray], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         list(det.stream(images, batch_size=0))
-    with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="workers must be an integer >= 0, got -1"):
         list(det.stream(images, workers=-1))
+    # int() made 1.5 one image per batch and took "2" and True
+    for bad in (1.5, "2", True):
+        with pytest.raises(TypeError, match=f"batch_size must be an integer >= 1, got {type(bad).__name__}"):
+            list(det.stream(images, batch_size=bad))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="workers must be an integer >= 0"):
+            list(det.stream(images, workers=bad))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="batch_size must be an integer >= 1"):
+            det.detect_batch(images, batch_size=bad)  # type: ignore[arg-type]
+    assert len(list(det.stream(images[:1], batch_size=np.int64(2), workers=np.int32(0)))) == 1
+    # One image where several are expected: its rows (or a path's characters) were run as images.
+    path = tmp_path / "one.png"
+    cv2.imwrite(str(path), images[0])
+    for one in (images[0], str(path), path):
+        with pytest.raises(TypeError, match="images: expected an iterable of images"):
+            next(det.stream(one))  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="for one image call the detector itself"):
+            det.detect_faces(one)  # type: ignore[arg-type]
+
+
+def test_a_reader_may_refill_one_buffer(
+    det: afd_trt.Detector, images: list[np.ndarray], singles: list[list[dict[str, np.ndarray]]]
+) -> None:
+    """Video readers refill one array frame after frame; the stream reads ahead of the frame it
+    runs, so it copies each array as it reads it (it kept a reference: every frame but the last
+    of a batch came out with the last one's faces)."""
+    same = [images[0], images[2]]
+    buf = np.empty_like(same[0])
+
+    def frames() -> Iterator[np.ndarray]:
+        for i in (0, 1, 0, 1):
+            buf[...] = same[i] if same[i].shape == buf.shape else cv2.resize(same[i], buf.shape[1::-1])
+            yield buf
+
+    want = [det(same[0]), det(cv2.resize(same[1], buf.shape[1::-1]))]
+    assert [len(w) for w in want] != [0, 0]
+    for workers in (0, 2):
+        got = list(det.stream(frames(), batch_size=2, workers=workers))
+        for r, i in zip(got, (0, 1, 0, 1), strict=True):
+            assert r.ok, r.error
+            _same(r.faces, want[i])
+    assert singles  # the module's detector is the one compared
+
+
+def test_detect_faces_reads_and_checks_its_images(
+    det: afd_trt.Detector, images: list[np.ndarray], tmp_path: Path
+) -> None:
+    """The public ``detect_faces`` takes what the detector takes (paths, gray arrays) and refuses
+    what it refuses, naming the image (it passed a path on as an array, and ran float32)."""
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), images[0])
+    from_path, from_array = det.detect_faces([path, images[0]])
+    np.testing.assert_array_equal(from_path, from_array)
+    assert len(from_array) == len(det(images[0]))
+    gray = cv2.cvtColor(images[1], cv2.COLOR_BGR2GRAY)
+    np.testing.assert_array_equal(
+        det.detect_faces([gray])[0], det.detect_faces([cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)])[0]
+    )
+    with pytest.raises(TypeError, match=r"image 1: expected dtype uint8 .*got float32"):
+        det.detect_faces([images[0], images[1].astype(np.float32)])
+    with pytest.raises(ValueError, match=f"image '{tmp_path / 'missing.png'}': no such file"):
+        det.detect_faces([tmp_path / "missing.png"])
+
+
+def test_batch_error_survives_pickling(det: afd_trt.Detector, images: list[np.ndarray]) -> None:
+    """A BatchError raised in a process-pool worker reaches the parent whole (unpickling it
+    failed, which breaks the pool and loses every result)."""
+    import pickle
+
+    with pytest.raises(afd_trt.BatchError) as info:
+        det.detect_batch([images[0], "no/such/file.png"], boxes=iter([[], []]))  # boxes: any iterable
+    back = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(back, afd_trt.BatchError)
+    assert str(back) == str(info.value)
+    assert back.results == [[], None]
+    assert set(back.errors) == {1}
+    assert "no such file" in str(back.errors[1])
 
 
 def test_detect_batch_uses_the_stream_and_keeps_results(
