@@ -30,16 +30,24 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def _add_make_test_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", type=Path, help="directory to write the checkpoints into")
-    p.add_argument("--seed", type=int, default=0, help="RNG seed (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="RNG seed, 0 to 2**52 (default 0)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files under the released names that are not test weights (real checkpoints)",
+    )
 
 
 def _run_make_test_weights(args: argparse.Namespace) -> int:
-    from .test_weights import write_test_weights
+    from .test_weights import NotTestWeightsError, write_test_weights
 
     try:
-        written = write_test_weights(args.out_dir, seed=args.seed)
+        written = write_test_weights(args.out_dir, seed=args.seed, overwrite=args.overwrite)
+    except (NotTestWeightsError, ValueError) as e:  # a real checkpoint in the way, a seed out of range
+        logger.error("make-test-weights: %s", e)
+        return 2
     except OSError as e:
-        logger.error("make-test-weights: cannot write into %s: %s", args.out_dir, e)
+        logger.error("make-test-weights: cannot write into %s: %s", args.out_dir, e.strerror or e)
         return 2
     for name, files in written.items():
         for fmt, path in files.items():

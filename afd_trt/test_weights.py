@@ -26,6 +26,8 @@ last bits).
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 import re
@@ -43,8 +45,11 @@ from .config import FasterRCNNConfig, HRNetConfig, YOLOv3Config, load_config
 from .models import MODEL_NAMES, FasterRCNN, HRNetV2, YOLOv3, build_model
 
 __all__ = [
+    "MAX_SEED",
     "TEST_WEIGHT_STEMS",
+    "NotTestWeightsError",
     "make_test_state_dict",
+    "safetensors_bytes",
     "synthetic_image",
     "write_test_weights",
 ]
@@ -400,8 +405,7 @@ def make_test_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"make_test_state_dict: name must be one of {MODEL_NAMES}, got {name!r}")
-    if seed < 0:
-        raise ValueError(f"make_test_state_dict: seed must be >= 0, got {seed}")
+    _check_seed(seed)
     logger.warning(_WARN, seed, name)
     gen = torch.Generator().manual_seed(seed * 1000 + _MODEL_SALT[name])
     with torch.random.fork_rng(devices=[]):  # the default init draws from the global RNG
@@ -416,41 +420,95 @@ def make_test_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
+class NotTestWeightsError(FileExistsError):
+    """A file under a released checkpoint name that is not afd_trt's test weights is in the way."""
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"test weights: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+
+MAX_SEED = 2**52
+"""The largest seed: a model's generator is seeded with ``seed * 1000 + salt``, which must fit
+in 64 bits."""
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file's bytes, the same in every process: ``safetensors`` writes its header's
+    keys (the metadata's above all) in a per-process hash order, so the file's sha256 changed
+    from run to run. The header is re-written with sorted keys; it keeps its length, so the
+    tensors' offsets do not move."""
+    from safetensors.torch import save
+
+    raw = save(state, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(canonical) > n:  # not expected (the same members, compact): keep safetensors' own
+        return raw
+    return raw[:8] + canonical.ljust(n) + raw[8 + n :]
+
+
 def write_test_weights(
-    out_dir: str | Path, seed: int = 0, formats: tuple[str, ...] = ("pth", "safetensors")
+    out_dir: str | Path,
+    seed: int = 0,
+    formats: tuple[str, ...] = ("pth", "safetensors"),
+    *,
+    overwrite: bool = False,
 ) -> dict[str, dict[str, Path]]:
     """Write the three test checkpoints into ``out_dir`` under the released file names.
 
     ``pth``: ``{"meta": {...}, "state_dict": {...}}`` (the mm*-era layout, loadable with
     ``torch.load(weights_only=True)``); ``safetensors``: the bare state dict, with metadata
-    ``{"afd_trt_test_weights": "1", "seed": ..., "model": ...}``.
-    Returns ``{model name: {format: path}}``.
+    ``{"afd_trt_test_weights": "1", "seed": ..., "model": ...}``. Both are the same bytes for
+    the same seed, and written atomically (a killed run leaves no part of a file under a
+    released name).
+
+    Earlier test weights there are replaced; any other file under a released name (a real
+    checkpoint, above all) raises :class:`NotTestWeightsError` before anything is written, unless
+    ``overwrite``. Returns ``{model name: {format: path}}``.
     """
-    from safetensors.torch import save_file
+    from .outputs import write_bytes_atomic
+    from .weights import TEST_WEIGHTS_KEY, CheckpointError, is_test_weights
 
     bad = [f for f in formats if f not in ("pth", "safetensors")]
     if bad or not formats:
         raise ValueError(
             f"write_test_weights: formats must be a non-empty subset of ('pth', 'safetensors'), got {formats}"
         )
+    _check_seed(seed)
     out = Path(out_dir)
+    targets = {
+        name: {fmt: out / f"{TEST_WEIGHT_STEMS[name]}.{fmt}" for fmt in formats} for name in MODEL_NAMES
+    }
+    if not overwrite:
+        for path in (p for paths in targets.values() for p in paths.values()):
+            if not path.exists() and not path.is_symlink():
+                continue
+            try:
+                ours = path.is_file() and is_test_weights(path) is not None
+            except (CheckpointError, OSError):
+                ours = False
+            if not ours:
+                raise NotTestWeightsError(
+                    f"{path} exists and is not afd_trt's test weights (a real checkpoint?): "
+                    "refusing to replace it with random weights (overwrite=True / --overwrite to do it)"
+                )
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, dict[str, Path]] = {}
     for name in MODEL_NAMES:
         state = make_test_state_dict(name, seed)
-        stem = TEST_WEIGHT_STEMS[name]
-        meta = {"afd_trt_test_weights": "1", "seed": str(seed), "model": name}
-        paths: dict[str, Path] = {}
-        if "pth" in formats:
-            paths["pth"] = out / f"{stem}.pth"
-            torch.save({"meta": dict(meta), "state_dict": state}, paths["pth"])
-        if "safetensors" in formats:
-            paths["safetensors"] = out / f"{stem}.safetensors"
-            save_file(state, str(paths["safetensors"]), metadata=meta)
-        written[name] = paths
+        meta = {TEST_WEIGHTS_KEY: "1", "seed": str(seed), "model": name}
+        paths = targets[name]
+        if "pth" in paths:
+            buf = io.BytesIO()
+            torch.save({"meta": dict(meta), "state_dict": state}, buf)
+            write_bytes_atomic(paths["pth"], buf.getvalue())
+        if "safetensors" in paths:
+            write_bytes_atomic(paths["safetensors"], safetensors_bytes(state, meta))
         logger.warning(
             "wrote test weights for %s to %s: they detect nothing real",
             name,
             sorted(map(str, paths.values())),
         )
-    return written
+    return targets

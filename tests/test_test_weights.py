@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +19,13 @@ from paths import TADNE_GRID
 from safetensors import safe_open
 
 from afd_trt.models import MODEL_NAMES, build_model
-from afd_trt.test_weights import TEST_WEIGHT_STEMS, make_test_state_dict, synthetic_image, write_test_weights
+from afd_trt.test_weights import (
+    TEST_WEIGHT_STEMS,
+    NotTestWeightsError,
+    make_test_state_dict,
+    synthetic_image,
+    write_test_weights,
+)
 
 FORMATS = ("pth", "safetensors")
 ORACLE = {"yolov3": YOLOv3FaceDetector, "faster-rcnn": FasterRCNNFaceDetector, "hrnetv2": LandmarkModel}
@@ -125,6 +134,56 @@ def test_input_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="3x9"):
         synthetic_image(3, 9)
     assert not list(tmp_path.iterdir())
+
+
+def test_same_seed_same_bytes_in_every_process(
+    weights_dir: tuple[Path, dict[str, dict[str, Path]]], tmp_path: Path
+) -> None:
+    """safetensors writes its header in a per-process hash order (the file's sha256 changed run
+    to run); afd_trt's header is sorted. Written atomically, with a plain file's mode."""
+    code = (
+        "import hashlib, torch; from afd_trt.test_weights import safetensors_bytes; "
+        "s = {'w': torch.arange(6.0).view(2, 3), 'b': torch.ones(2)}; "
+        "print(hashlib.sha256(safetensors_bytes(s, {'seed': '0', 'model': 'x', 'afd_trt_test_weights': '1'})).hexdigest())"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+        ).stdout
+        for _ in range(4)
+    }
+    assert len(digests) == 1, digests
+    umask = os.umask(0)
+    os.umask(umask)
+    for files in weights_dir[1].values():
+        for path in files.values():
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    with safe_open(str(weights_dir[1]["hrnetv2"]["safetensors"]), framework="pt") as f:
+        assert f.metadata() == {"afd_trt_test_weights": "1", "seed": "0", "model": "hrnetv2"}
+
+
+def test_a_real_checkpoint_is_not_replaced(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file under a released name that is not test weights (the user's real checkpoint) stops
+    ``make-test-weights`` before anything is written (it was replaced, exit 0)."""
+    from afd_trt.cli import main
+
+    real = tmp_path / f"{TEST_WEIGHT_STEMS['faster-rcnn']}.pth"
+    real.write_bytes(b"REAL CHECKPOINT BYTES")
+    with pytest.raises(NotTestWeightsError, match=f"{real} exists and is not afd_trt's test weights"):
+        write_test_weights(tmp_path, seed=0)
+    assert main(["make-test-weights", str(tmp_path)]) == 2
+    assert "refusing to replace it with random weights" in caplog.text
+    assert real.read_bytes() == b"REAL CHECKPOINT BYTES"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [real.name]
+    # seeds out of range: a usage error, and no folder made
+    with pytest.raises(SystemExit) as info:
+        main(["make-test-weights", str(tmp_path / "a"), "--seed", "-1"])
+    assert info.value.code == 2
+    assert main(["make-test-weights", str(tmp_path / "b"), "--seed", str(10**17)]) == 2
+    assert "seed must be an integer from 0 to" in caplog.text
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()
 
 
 def test_synthetic_image_deterministic() -> None:
