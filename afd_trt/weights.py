@@ -349,8 +349,10 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], so
     """Copy ``state_dict`` into ``model``'s parameters and persistent buffers, strictly.
 
     Every model entry must be present (except BatchNorm ``num_batches_tracked``, which torch
-    fills in), no extra entry may be present, and shapes must agree exactly; values are cast
-    to the model's dtypes. Nothing is copied unless all of that holds.
+    fills in), no extra entry may be present, shapes must agree exactly, a floating-point entry
+    must get floating-point values (an integer or bool tensor is not weights), all of them
+    finite; values are cast to the model's dtypes (fp16 and bf16 checkpoints load). Nothing is
+    copied unless all of that holds.
 
     Args:
         model: the module to fill (any device).
@@ -369,15 +371,31 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], so
         for k, v in state_dict.items()
         if k in expected and tuple(v.shape) != tuple(expected[k].shape)
     ]
+    kinds = [
+        f"{k}: checkpoint {str(v.dtype).removeprefix('torch.')} vs model {str(expected[k].dtype).removeprefix('torch.')}"
+        for k, v in state_dict.items()
+        if k in expected and v.is_floating_point() != expected[k].is_floating_point()
+    ]
+    non_finite = [
+        k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
     problems = [
         _listing(names, what)
         for names, what in (
             (missing, "missing key(s)"),
             (unexpected, "unexpected key(s)"),
             (mismatched, "shape mismatch(es)"),
+            (kinds, "dtype mismatch(es)"),
+            (non_finite, "tensor(s) with NaN or infinite values"),
         )
         if names
     ]
+    stripped = {k.removeprefix("module.") for k in unexpected}
+    if unexpected and all(k.startswith("module.") for k in unexpected) and set(missing) <= stripped:
+        problems.append(
+            "every key carries a 'module.' prefix (as torch.nn.DataParallel saves them): remove it from "
+            "the keys, e.g. {k.removeprefix('module.'): v for k, v in state_dict.items()}"
+        )
     if problems:
         raise ValueError(
             f"checkpoint {source} does not fit {type(model).__name__} "

@@ -325,6 +325,40 @@ def test_load_into_reports_every_problem_and_copies_nothing() -> None:
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
+def test_load_into_refuses_values_that_are_not_weights() -> None:
+    """An integer or bool tensor where the model has floats, and NaN or infinite values, are
+    refused by name (they were cast and loaded, giving NaN or nonsense outputs); fp16 loads."""
+    net = _Net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    sd = _net_state(net, 4)
+    sd["a.bias"] = sd["a.bias"].to(torch.int64)
+    sd["bn.running_var"] = sd["bn.running_var"] > 0
+    sd["a.weight"][0, 0] = float("nan")
+    sd["bn.weight"][1] = float("-inf")
+    with pytest.raises(ValueError, match="does not fit _Net") as ei:
+        load_into(net, sd, "w.pth")
+    msg = str(ei.value)
+    assert (
+        "2 dtype mismatch(es): [a.bias: checkpoint int64 vs model float32, bn.running_var: checkpoint bool vs model float32]"
+        in msg
+    )
+    assert "2 tensor(s) with NaN or infinite values: [a.weight, bn.weight]" in msg
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in _net_state(net, 5).items()}
+    load_into(net, half, "half.pth")
+    torch.testing.assert_close(net.a.weight, half["a.weight"].float(), rtol=0, atol=0)
+
+
+def test_load_into_names_a_data_parallel_prefix() -> None:
+    net = _Net()
+    sd = {f"module.{k}": v for k, v in _net_state(net, 6).items()}
+    with pytest.raises(
+        ValueError, match=r"every key carries a 'module\.' prefix \(as torch\.nn\.DataParallel"
+    ):
+        load_into(net, sd, "dp.pth")
+
+
 def test_load_into_truncates_long_lists() -> None:
     net = _Net(n_extra=20)  # 40 extra.* entries
     sd = {k: v for k, v in _net_state(net, 2).items() if not k.startswith("extra.")}
