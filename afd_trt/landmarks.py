@@ -262,7 +262,16 @@ class LandmarkEstimator:
         replaced by the identity; its crop is then filled with pixel (0, 0) (see :meth:`crops`)."""
         cfg = self.cfg
         w, h = cfg.input_size
-        centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
+        with np.errstate(over="ignore", invalid="ignore"):
+            centers, scales = boxes_to_center_scale(boxes, w / h, cfg.bbox_padding, cfg.pixel_std)
+            sizes = scales * np.float32(cfg.pixel_std)
+        bad = ~(np.isfinite(centers).all(axis=1) & np.isfinite(sizes).all(axis=1))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"box {i} {boxes[i, :4].tolist()} is too large: padded to the crop's aspect ratio "
+                f"(x{cfg.bbox_padding}) its size overflows float32"
+            )
         mats = crop_matrices(centers, scales, (w, h), cfg.pixel_std)
         flat = degenerate_maps(mats)
         if flat.any():
@@ -272,7 +281,7 @@ class LandmarkEstimator:
                 np.flatnonzero(flat).tolist(),
             )
             mats[flat] = _IDENTITY
-        return mats, flat, centers, (scales * np.float32(cfg.pixel_std)).astype(np.float32)
+        return mats, flat, centers, sizes.astype(np.float32)
 
     def crops(self, image: device_ops.Pixels, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Normalised crops float32 (N, 3, h, w), centers float32 (N, 2), box sizes float32 (N, 2) px."""

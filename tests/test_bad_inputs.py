@@ -568,6 +568,24 @@ def test_bad_boxes(det: afd_trt.Detector, small: np.ndarray, tmp_path: Path, box
     assert str(info.value).startswith(f"boxes of image {str(p)!r}: ")
 
 
+def test_a_box_too_large_to_pad_is_refused(
+    det: afd_trt.Detector, small: np.ndarray, good_a: np.ndarray
+) -> None:
+    """A box that fits float32 but not once padded for its crop gave inf/NaN keypoints (with
+    numpy warnings only); it is refused naming the image and the box, and in a batch the other
+    images keep their results."""
+    huge = [[0, 0, 3e38, 3e38]]
+    with pytest.raises(
+        ValueError, match=r"^image: box 0 \[0.0, 0.0, 3.0+\d*e\+38, .*\] is too large: padded"
+    ):
+        det(small, boxes=huge)
+    with pytest.raises(afd_trt.BatchError) as info:
+        det.detect_batch([good_a, small], boxes=[None, huge])
+    assert set(info.value.errors) == {1}
+    assert str(info.value.errors[1]).startswith("image 1: box 0")
+    assert info.value.results[0] is not None
+
+
 def test_bad_boxes_in_one_batch_keep_the_good_results(
     det: afd_trt.Detector,
     small: np.ndarray,
