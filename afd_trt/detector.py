@@ -190,6 +190,17 @@ def _image_collection(images: object) -> None:
         )
 
 
+def _cache_dir(value: str | Path | None) -> str | None:
+    """The engine cache argument as an absolute path, even before the folder exists (a pickled
+    Detector rebuilt in another working folder must use, and build into, the same cache); None
+    for the default. ``""`` is refused: it would be the working folder."""
+    if value is None:
+        return None
+    if os.fspath(value) == "":
+        raise ValueError("engine_cache: an empty path names no directory (None: the default cache)")
+    return os.path.abspath(os.path.expanduser(value))
+
+
 def _absolute(value: Any) -> Any:
     """A path argument that names an existing file or folder, made absolute (so that a pickled
     Detector is rebuilt from the same files whatever the unpickling process's working folder);
@@ -354,6 +365,7 @@ class Detector:
         jpeg_decoder: str = "opencv",
         cuda_graphs: bool = False,
     ) -> None:
+        engine_cache = _cache_dir(engine_cache)
         self._init_args: dict[str, Any] = {
             "face_detector": face_detector,
             "face_detector_checkpoint": _absolute(face_detector_checkpoint),
@@ -365,7 +377,7 @@ class Detector:
             "download": download,
             "threads": threads,
             "max_batch": max_batch,
-            "engine_cache": _absolute(engine_cache),
+            "engine_cache": engine_cache,
             "precision": precision,
             "max_pixels": max_pixels,
             "device_pipeline": device_pipeline,

@@ -222,6 +222,9 @@ class EngineCache:
     """A directory of built engines keyed by :class:`EngineKey` (see the module docstring)."""
 
     def __init__(self, root: str | Path | None = None) -> None:
+        if root is not None and os.fspath(root) == "":
+            # Path("") is the working folder: engines would be written wherever the process runs.
+            raise ValueError("engine cache: an empty path names no directory (None: the default cache)")
         self.root = Path(root).expanduser() if root is not None else default_engine_cache_dir()
 
     def __repr__(self) -> str:

@@ -1029,7 +1029,12 @@ def resolve_precision(backend: str, device: torch.device, precision: str) -> str
     on a 2-core AVX2 EPYC (2026-12-04, ``benchmarks/engines.py``) torch and TorchScript bf16 were
     6-8x slower than fp32 for every network, and OpenVINO, asked for bf16, compiles float32 anyway.
     ``auto`` promises the fastest engine for the device, so it runs the fp32 ones. A backend named
-    explicitly keeps the precision asked for."""
+    explicitly keeps the precision asked for. ``ValueError`` for a precision that is none of
+    fp32, bf16 and fp16, and for fp16 on the CPU (whatever ``auto`` would have picked)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision 'fp16' runs on CUDA devices only; on the CPU use 'fp32' or 'bf16'")
     if backend == "auto" and precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         logger.warning(
             "backend 'auto' with precision 'bf16' on a CPU without AVX512-BF16/AMX runs fp32: "
@@ -1172,6 +1177,11 @@ def load_engine_file(
             raise EngineMismatchError(
                 f"{path}: built for {built[0]} with {built[1]}; this machine is {here[0]} with {here[1]}"
             )
+        for what, asked in (("model", network), ("precision", precision)):
+            if rec.get(what) != asked:
+                raise EngineMismatchError(
+                    f"{path}: its metadata says {what} {rec.get(what)!r}, asked for {asked!r}"
+                )
     else:
         logger.warning("%s: no metadata sidecar; cannot check which device/runtime built it", path)
     net = Network(network, nn.Identity())  # only its name and io are used by the loaders

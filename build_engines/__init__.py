@@ -119,25 +119,26 @@ def build(
         for net in networks:
             for requested in backends:
                 for asked in precisions:
-                    precision = resolve_precision(requested, dev, asked)
-                    backend = resolve_backend(requested, net.name, dev, precision)
                     rec: dict[str, Any] = {
                         "model": model_name,
                         "network": net.name,
-                        "backend": backend,
-                        "precision": precision,
+                        "backend": requested,
+                        "precision": asked,
                         "requested_precision": asked,
                         "device": str(dev),
                     }
                     t0 = time.perf_counter()
                     try:  # what this machine cannot build: a backend, device or precision it lacks
+                        precision = resolve_precision(requested, dev, asked)
+                        backend = resolve_backend(requested, net.name, dev, precision)
+                        rec.update(backend=backend, precision=precision)
                         spec = BACKENDS.get(backend)
                         if spec is None:
                             raise BackendUnavailableError(f"backend {backend!r} builds no engine file")
                         key, suffix = spec.entry(net, dev, precision)
                     except (BackendUnavailableError, ValueError) as e:
                         rec.update(status="unavailable", error=str(e))
-                        logger.warning("%s %s %s: %s", net.name, backend, precision, e)
+                        logger.warning("%s %s %s: %s", net.name, rec["backend"], rec["precision"], e)
                     else:
                         rec.update(_build_one(cache, key, suffix, backend, net, dev, precision))
                     rec["seconds"] = round(time.perf_counter() - t0, 3)

@@ -291,6 +291,16 @@ def test_engine_file_from_another_runtime_is_refused(
     copy.with_name(copy.name + ".json").write_text(json.dumps(meta))
     with pytest.raises(EngineMismatchError, match=rf"torch-1\.0\.0.*{here.replace('+', '.')}"):
         load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
+    # Loaded as another network or precision than its sidecar records: refused (it loaded, and
+    # ran as that network, or failed deep inside TorchScript at the first call).
+    shutil.copy(ts.with_name(ts.name + ".json"), copy.with_name(copy.name + ".json"))
+    with pytest.raises(EngineMismatchError, match="says model 'faster-rcnn-box-head', asked for 'hrnetv2'"):
+        load_engine_file(copy, "torchscript", "hrnetv2", CPU, trusted=True)
+    with pytest.raises(EngineMismatchError, match="says precision 'fp32', asked for 'bf16'"):
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, precision="bf16", trusted=True)
+    assert (
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True).name == "torchscript"
+    )
 
 
 def _openvino_has_bf16() -> bool:
@@ -361,9 +371,16 @@ def test_bad_backend_precision_and_device(networks: dict[str, Network]) -> None:
     net = networks["faster-rcnn-box-head"]
     with pytest.raises(ValueError, match="backend must be one of"):
         create_engine("tensorflow", net, CPU)
-    for backend in ("torch", "torchscript", "onnxruntime", "openvino"):
-        with pytest.raises(ValueError, match="precision must be one of"):
+    for backend in ("torch", "torchscript", "onnxruntime", "openvino", "auto"):
+        # named as fp16's problem, not as that of whichever backend 'auto' would have picked
+        with pytest.raises(ValueError, match="precision 'fp16' runs on CUDA devices only"):
             create_engine(backend, net, CPU, precision="fp16")
+        with pytest.raises(
+            ValueError, match=r"precision must be one of \('fp32', 'bf16', 'fp16'\), got 'half'"
+        ):
+            create_engine(backend, net, CPU, precision="half")
+    with pytest.raises(ValueError, match="engine cache: an empty path names no directory"):
+        create_engine("torchscript", net, CPU, cache="")
     with pytest.raises(ValueError, match="precision must be one of"):
         create_engine("onnxruntime", net, CPU, precision="bf16")
     with pytest.raises(BackendUnavailableError, match="tensorrt"):

@@ -296,6 +296,69 @@ def test_build_goes_on_past_a_model_whose_weights_fail(
     assert Path(records[1]["path"]).is_file()
 
 
+def test_relative_engine_cache_is_the_same_folder_after_pickling(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative ``engine_cache`` not made yet is pinned to the working folder of the
+    Detector's creation: unpickled elsewhere, it loads the same engine rather than building a
+    second cache there. ``""`` (the working folder itself) is refused."""
+    import pickle
+
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    det = Detector(
+        face_detector=None,
+        landmark_checkpoint=checkpoints["hrnetv2"],
+        device="cpu",
+        backend="torchscript",
+        download=False,
+        engine_cache="relcache",
+    )
+    assert list((tmp_path / "one" / "relcache").rglob("*.ts"))
+    blob = pickle.dumps(det)
+    monkeypatch.chdir(tmp_path / "two")
+    back = pickle.loads(blob)
+    assert not (tmp_path / "two" / "relcache").exists()
+    box = [[20.0, 30.0, 150.0, 170.0]]
+    np.testing.assert_array_equal(
+        back(IMAGES[0], boxes=box)[0]["keypoints"], det(IMAGES[0], boxes=box)[0]["keypoints"]
+    )
+    with pytest.raises(ValueError, match="engine_cache: an empty path names no directory"):
+        Detector(
+            face_detector=None, landmark_checkpoint=checkpoints["hrnetv2"], device="cpu", engine_cache=""
+        )
+
+
+def test_build_reports_fp16_on_the_cpu_as_unavailable(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fp16 asked for on the CPU is an unavailable record beside the fp32 engine built (the
+    run must not stop at it), with the reason; exit 0 without --strict."""
+    from afd_trt.cli import main as cli_main
+
+    args = [
+        "build",
+        "--models",
+        "hrnetv2",
+        "--backends",
+        "auto",
+        "torchscript",
+        "--precisions",
+        "fp16",
+        "fp32",
+    ]
+    args += ["--device", "cpu", "--cache-dir", str(tmp_path), "--no-download"]
+    args += ["--checkpoint", f"hrnetv2={checkpoints['hrnetv2']}"]
+    assert cli_main(["--log-level", "ERROR", *args]) == 0
+    records = json.loads(capsys.readouterr().out)
+    by = {(r["backend"], r["requested_precision"]): r for r in records}
+    assert by["auto", "fp16"]["status"] == "unavailable"
+    assert "runs on CUDA devices only" in by["auto", "fp16"]["error"]
+    assert by["torchscript", "fp16"]["status"] == "unavailable"
+    assert by["torchscript", "fp32"]["status"] == "built"
+
+
 def test_flip_batches_are_fused_except_on_the_exact_path(
     detectors: dict[tuple[str, str], Detector], eager: dict[tuple[str, bool], Faces]
 ) -> None:
