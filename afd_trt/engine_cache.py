@@ -25,6 +25,7 @@ directory or from a path the caller explicitly trusts (see :func:`afd_trt.engine
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -35,6 +36,9 @@ import os
 import platform
 import re
 import secrets
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -218,6 +222,22 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+_WARNED_UNWRITABLE: set[Path] = set()
+_SCRATCH: list[EngineCache] = []
+_SCRATCH_LOCK = threading.Lock()
+
+
+def _scratch_cache() -> EngineCache:
+    """This process's own engine cache in a temporary folder, removed at exit: where engines go
+    when the engine cache cannot be written (their runtimes may read the files after loading)."""
+    with _SCRATCH_LOCK:
+        if not _SCRATCH:
+            root = tempfile.mkdtemp(prefix="afd_trt-engines-")
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+            _SCRATCH.append(EngineCache(root))
+        return _SCRATCH[0]
+
+
 class EngineCache:
     """A directory of built engines keyed by :class:`EngineKey` (see the module docstring)."""
 
@@ -284,7 +304,8 @@ class EngineCache:
         build: Callable[[Path], Mapping[str, Any]],
         load: Callable[[Path], T],
     ) -> T:
-        """Load the engine of ``key``, building it first when missing, stale or corrupt.
+        """Load the engine of ``key``, building it first when missing, stale or corrupt; where
+        this cache cannot be written, into a scratch cache of this process (with a warning).
 
         Args:
             build: writes the engine to the given (temporary) path and returns extra metadata
@@ -296,7 +317,12 @@ class EngineCache:
         if reason is None:
             logger.debug("engine cache hit: %s", path)
             return load(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):  # can files be made there?
+                pass
+        except OSError as e:  # read-only, another user's, a file in the way, a full disk
+            return self._build_elsewhere(key, suffix, build, load, e)
         with _exclusive_lock(path):
             reason = self.validate(path, key)  # another process may have built it meanwhile
             if reason is None:
@@ -308,6 +334,31 @@ class EngineCache:
                 logger.info("building %s engine for %s on %s -> %s", key.backend, key.model, key.device, path)
             self._build(path, key, build)
         return load(path)
+
+    def _build_elsewhere(
+        self,
+        key: EngineKey,
+        suffix: str,
+        build: Callable[[Path], Mapping[str, Any]],
+        load: Callable[[Path], T],
+        error: OSError,
+    ) -> T:
+        """Build into this process's scratch cache (:func:`_scratch_cache`) when this cache
+        cannot be written: the engine works, built once per process, with a warning naming the
+        cache and why (the Detector used to fail on a read-only cache)."""
+        scratch = _scratch_cache()
+        if self.root not in _WARNED_UNWRITABLE:
+            _WARNED_UNWRITABLE.add(self.root)
+            logger.warning(
+                "engine cache %s cannot be written (%s: %s): engines it lacks are built into %s "
+                "for this process only (removed at exit); give a writable engine_cache / --cache-dir "
+                "to keep them",
+                self.root,
+                type(error).__name__,
+                error.strerror or error,
+                scratch.root,
+            )
+        return scratch.load_or_build(key, suffix, build, load)
 
     def _build(self, path: Path, key: EngineKey, build: Callable[[Path], Mapping[str, Any]]) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")

@@ -175,6 +175,28 @@ def test_check_same_target_names_both_sides() -> None:
         check_same_target({**dataclasses.asdict(KEY), "precision": "fp32"}, KEY)
 
 
+def test_an_unwritable_cache_builds_for_this_process_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache that cannot be written (here a file where its folder should be; for a user
+    without write access the same path is taken) builds into a per-process scratch cache with
+    one warning naming it, instead of failing the Detector; a valid entry it holds still loads."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    cache = EngineCache(blocker / "engines")
+    builder = Builder()
+    key = dataclasses.replace(KEY, weights_sha256=hashlib.sha256(str(tmp_path).encode()).hexdigest())
+    with caplog.at_level(logging.WARNING, logger="afd_trt.engine_cache"):
+        assert cache.load_or_build(key, ".plan", builder, load) == b"engine-bytes"
+        assert cache.load_or_build(key, ".plan", builder, load) == b"engine-bytes"
+    assert builder.calls == 1  # the scratch cache keeps it for the process
+    warned = [r.getMessage() for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(warned) == 1
+    assert str(blocker / "engines") in warned[0]
+    assert "for this process only" in warned[0]
+    assert blocker.read_text() == "x"
+
+
 def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     cache = EngineCache(tmp_path)
     with pytest.raises(RuntimeError, match="builder failed"):

@@ -330,6 +330,25 @@ def test_relative_engine_cache_is_the_same_folder_after_pickling(
         )
 
 
+def test_detector_runs_on_an_unwritable_engine_cache(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """ONNX Runtime opens its model after the cache hands over the path: built into the
+    process's scratch cache, it is there when loaded (the Detector failed with PermissionError
+    or NotADirectoryError)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    det = Detector(
+        face_detector=None,
+        landmark_checkpoint=checkpoints["hrnetv2"],
+        device="cpu",
+        backend="onnxruntime",
+        download=False,
+        engine_cache=blocker / "engines",
+    )
+    assert det.engines == {"hrnetv2": "onnxruntime"}
+    faces = det(IMAGES[0], boxes=[[20.0, 30.0, 150.0, 170.0]])
+    assert np.isfinite(faces[0]["keypoints"]).all()
+
+
 def test_build_reports_fp16_on_the_cpu_as_unavailable(
     checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
