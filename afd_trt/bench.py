@@ -158,6 +158,10 @@ def default_grid() -> Path:
     return Path(env) / GRID_NAME if env else Path.cwd().parent / "shared" / "data" / GRID_NAME
 
 
+MAX_GENERATED_SIDE = 16384
+"""The longest side of a generated image (768 MiB of pixels; JPEG allows 65,500 at most)."""
+
+
 def parse_sizes(spec: str) -> list[tuple[int, int]]:
     """``"1280x720,512x512"`` (or a preset name) -> [(w, h), ...]."""
     spec = SIZE_PRESETS.get(spec, spec)
@@ -169,8 +173,8 @@ def parse_sizes(spec: str) -> list[tuple[int, int]]:
             raise ValueError(
                 f"--size: expected WxH[,WxH...] or one of {sorted(SIZE_PRESETS)}, got {part!r}"
             ) from None
-        if w < 1 or h < 1:
-            raise ValueError(f"--size: sizes must be positive, got {part!r}")
+        if not (1 <= w <= MAX_GENERATED_SIDE and 1 <= h <= MAX_GENERATED_SIDE):
+            raise ValueError(f"--size: each side must be from 1 to {MAX_GENERATED_SIDE} px, got {part!r}")
         sizes.append((w, h))
     return sizes
 
@@ -363,7 +367,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="directory with the checkpoints (default: seeded test weights)",
     )
-    p.add_argument("--seed", type=int, default=0, help="test-weights and image seed")
+    p.add_argument(
+        "--seed", type=int_at_least(0, 2**52), default=0, help="test-weights and image seed, 0 to 2**52"
+    )
     p.add_argument(
         "--warmup",
         type=int_at_least(0),
@@ -680,7 +686,11 @@ def run_bench(args: argparse.Namespace) -> int:
     show = not args.quiet and sys.stderr.isatty()
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
-        paths, images_source = _image_paths(args, tmp)
+        try:
+            paths, images_source = _image_paths(args, tmp)
+        except OSError as e:  # a temporary folder that is full, a size JPEG cannot hold
+            logger.error("bench: cannot write the generated images: %s", e)
+            return 2
         if not paths:
             logger.error("bench: --images %s holds no images (%s)", args.images, " ".join(IMAGE_EXTS))
             return 2

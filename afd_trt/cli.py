@@ -30,7 +30,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def _add_make_test_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", type=Path, help="directory to write the checkpoints into")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="RNG seed, 0 to 2**52 (default 0)")
+    p.add_argument("--seed", type=int_at_least(0, 2**52), default=0, help="RNG seed, 0 to 2**52 (default 0)")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -78,8 +78,9 @@ split them by a hash of each input's path; `afd-trt merge OUT-*.jsonl -o all.jso
 `-o all.json --format coco`) joins their journals.
 
 exit status: 0 all inputs processed, 1 some input failed (now or recorded earlier) or writing
-failed, 2 bad arguments or models that cannot be loaded, 130 interrupted (Ctrl-C, SIGTERM: the
-journal stays valid; run again to finish).
+failed, 2 bad arguments, models that cannot be loaded, or a run refused before it began (other
+settings than the journal's, an output that is not a journal, a journal another run holds), 130
+interrupted (Ctrl-C, SIGTERM: the journal stays valid; run again to finish).
 """
 
 
@@ -252,6 +253,12 @@ _positive = number(0.0, strict=True)
 _positive_int = int_at_least(1)
 
 
+def _crop_size(text: str) -> int:
+    from .crops import MAX_CROP_SIZE
+
+    return int_at_least(1, MAX_CROP_SIZE)(text)
+
+
 def _add_detect(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = DETECT_EPILOG
@@ -330,7 +337,7 @@ def _add_detect(p: argparse.ArgumentParser) -> None:
         "template; box: the square around the box, no rotation",
     )
     c.add_argument(
-        "--crop-size", type=_positive_int, default=256, metavar="PX", help="crop side (default 256)"
+        "--crop-size", type=_crop_size, default=256, metavar="PX", help="crop side, 1 to 8192 (default 256)"
     )
     c.add_argument(
         "--crop-scale",
@@ -438,9 +445,11 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     with contextlib.suppress(ValueError):  # not in the main thread: keep the default
         signal.signal(signal.SIGTERM, _terminate)
+    from .detect_job import JournalInUseError
+
     try:
         summary = run_detect_job(det, opts)
-    except ValueError as e:  # the journal's settings differ, or OUTPUT is not a journal
+    except (ValueError, JournalInUseError) as e:  # other settings, not a journal, another run's
         logger.error("%s", e)
         return 2
     except (OSError, RuntimeError) as e:

@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "ALIGN_TEMPLATE",
     "BORDERS",
+    "MAX_CROP_SIZE",
     "aligned_crop_matrix",
     "alignment_points",
     "box_crop_matrix",
@@ -210,6 +211,10 @@ def crop_name(source: str, face_index: int, frame: int | None = None, ext: str =
     return f"{source_tag(source, frame)}_f{face_index:02d}.{ext}"
 
 
+MAX_CROP_SIZE = 8192
+"""The largest crop side: 192 MiB of BGR pixels (OpenCV was asked for terabytes, and failed)."""
+
+
 def _check_size(size: int) -> None:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"crop size must be a positive integer, got {size!r}")
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or not 1 <= size <= MAX_CROP_SIZE:
+        raise ValueError(f"crop size must be an integer from 1 to {MAX_CROP_SIZE}, got {size!r}")

@@ -15,6 +15,7 @@ Loss-free and resumable by construction:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import hashlib
 import json
@@ -53,6 +54,7 @@ __all__ = [
     "DetectOptions",
     "InputSpec",
     "Journal",
+    "JournalInUseError",
     "Merged",
     "SettingsMismatchError",
     "Summary",
@@ -84,11 +86,13 @@ Key = tuple[str, int | None]
 @dataclass(frozen=True)
 class InputSpec:
     """One input after expansion: ``kind`` is ``"image"``, ``"video"``, ``"missing"`` (a path or
-    pattern that names nothing) or ``"broken"`` (a symbolic link whose target is gone); the last
-    two are recorded as errors."""
+    pattern that names nothing), ``"broken"`` (a symbolic link whose target is gone) or
+    ``"unreadable"`` (an ``@list`` file that cannot be read, ``error`` saying why); the last
+    three are recorded as errors."""
 
     path: str
     kind: str
+    error: str = ""
 
 
 def _classify(path: str) -> InputSpec:
@@ -142,7 +146,11 @@ def _expand_one(
 ) -> Iterator[InputSpec]:
     if allow_list and item.startswith("@") and len(item) > 1:
         # surrogateescape: a name that is not UTF-8 keeps its bytes and still opens
-        text = Path(item[1:]).read_text(encoding="utf-8", errors="surrogateescape")
+        try:
+            text = Path(item[1:]).read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as e:  # the run goes on with the other inputs; this one is an error record
+            yield InputSpec(item, "unreadable", f"input list {item[1:]!r} cannot be read: {e.strerror or e}")
+            return
         for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
@@ -197,7 +205,7 @@ def expand_inputs(
     ext_list = tuple(exts) if exts else IMAGE_EXTS + VIDEO_EXTS
     for item in items:
         for spec in _expand_one(item, allow_list=True, exts=ext_list, skip=skip):
-            norm = InputSpec(os.path.normpath(spec.path), spec.kind)
+            norm = dataclasses.replace(spec, path=os.path.normpath(spec.path))
             if norm.path not in seen:
                 seen.add(norm.path)
                 out.append(norm)
@@ -370,6 +378,8 @@ def iter_work(
             yield WorkItem(
                 spec.path, error=f"broken symbolic link: its target {_link_target(spec.path)} does not exist"
             )
+        elif spec.kind == "unreadable":
+            yield WorkItem(spec.path, error=spec.error)
         else:
             yield WorkItem(spec.path)
 
@@ -519,7 +529,7 @@ def merge_journals(journals: Sequence[Path]) -> Merged:
     unchecked: list[Path] = []
     duplicates = healed = 0
     for path in journals:
-        _refuse_a_foreign_file(path)  # a shard's COCO file given by mistake: not silently empty
+        _refuse_a_foreign_file(path, "give the journals (JSON Lines) the shards wrote")  # not silently empty
         side = settings_path(path)
         if side.exists():
             try:
@@ -592,11 +602,17 @@ def _lock_journal(journal: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         os.close(fd)
-        raise RuntimeError(f"{journal} is in use by another afd-trt process") from e
+        raise JournalInUseError(f"{journal} is in use by another afd-trt process") from e
     return fd
 
 
-def _refuse_a_foreign_file(journal: Path) -> None:
+class JournalInUseError(RuntimeError):
+    """Another process holds the journal's lock: the run was refused before it wrote anything."""
+
+
+def _refuse_a_foreign_file(
+    journal: Path, retry: str = "name another output, or --overwrite to replace it"
+) -> None:
     """``ValueError`` when ``journal`` exists, has no settings record beside it and does not
     start with a complete journal record: not ours (a COCO file, a list, another tool's output
     named by mistake), so resuming would cut or rewrite someone else's data."""
@@ -611,7 +627,7 @@ def _refuse_a_foreign_file(journal: Path) -> None:
     except (ValueError, KeyError, TypeError):
         raise ValueError(
             f"{journal} exists and is not an afd-trt journal (no settings record beside it and its "
-            "first line is not a record); name another output, or --overwrite to replace it"
+            f"first line is not a record); {retry}"
         ) from None
 
 
@@ -908,7 +924,11 @@ def _process(opts: DetectOptions, item: WorkItem, res: StreamResult) -> tuple[di
             return error_record(item.path, _describe_error(e), item.frame, item.time), 0
         try:
             _write_files(opts, item, image, faces)
-        except EncodeError as e:  # this input's (its size); a write error (disk full) stops the job
+        except (
+            EncodeError,
+            cv2.error,
+            MemoryError,
+        ) as e:  # this input's; a write error (disk full) stops the job
             return error_record(item.path, f"writing its crops or drawing: {e}", item.frame, item.time), 0
     if res.width is None or res.height is None:  # never for a decoded image
         return error_record(item.path, "no image size in the result", item.frame, item.time), 0

@@ -668,7 +668,7 @@ def test_detect_batch_argument_forms(
     p = tmp_path / "one.png"
     p.write_bytes(encoded(good_a, ".png"))
     for single in (str(p), p, good_a):
-        with pytest.raises(TypeError, match="expected a list of images"):
+        with pytest.raises(TypeError, match="expected an iterable of images"):
             det.detect_batch(single)  # type: ignore[arg-type]
     stacked = np.stack([good_a, good_a])  # an (N, H, W, 3) array is N images
     for got in det.detect_batch(stacked):

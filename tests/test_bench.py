@@ -209,7 +209,12 @@ def test_bench_reports_a_bad_image_and_times_the_rest(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--size", "0x5"], "argument --size: sizes must be positive, got '0x5'"),
+        (["--size", "0x5"], "argument --size: each side must be from 1 to 16384 px, got '0x5'"),
+        # a traceback (numpy asked for 14.6 TiB; OpenCV could not write a 70000 px JPEG)
+        (["--size", "1000000x1000000"], "argument --size: each side must be from 1 to 16384 px"),
+        (["--size", "70000x64"], "argument --size: each side must be from 1 to 16384 px"),
+        (["--seed", "-1"], "argument --seed: expected an integer from 0 to 4503599627370496, got -1"),
+        (["--seed", str(2**53 + 1)], "argument --seed: expected an integer from 0 to 4503599627370496"),
         (["--size", "12x"], "argument --size: "),
         (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
         (["--num-images", "0"], "argument --num-images: expected an integer >= 1, got 0"),

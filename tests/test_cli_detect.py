@@ -504,6 +504,38 @@ def test_a_run_that_cannot_start_changes_nothing(models: dict[str, Path], tmp_pa
     assert "min_score: recorded 0.0, now 0.95" in mixed.stderr
 
 
+def test_an_unreadable_list_is_one_failure_and_the_rest_is_done(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """``@list`` that cannot be read is that input's error record; the other inputs are done (the
+    run stopped before loading them, exit 1, nothing written). A journal another run holds is a
+    refused run, exit 2 (it was 1, the code of failed inputs)."""
+    from afd_trt.detect_job import Journal
+
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), _tiles(1, 128)[0])
+    out = tmp_path / "o.jsonl"
+    proc = _cli(str(img), f"@{tmp_path / 'nolist.txt'}", f"@{tmp_path}", "-o", str(out), *_model_args(models))
+    assert proc.returncode == 1, proc.stderr
+    records = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert "faces" in records[str(img)]
+    assert records[f"@{tmp_path / 'nolist.txt'}"]["error"].startswith("input list ")
+    assert "No such file or directory" in records[f"@{tmp_path / 'nolist.txt'}"]["error"]
+    assert "Is a directory" in records[f"@{tmp_path}"]["error"]
+    held = Journal(out)
+    try:
+        locked = _cli(str(img), "-o", str(out), *_model_args(models))
+    finally:
+        held.close()
+    assert locked.returncode == 2, locked.stderr
+    assert "is in use by another afd-trt process" in locked.stderr
+    huge = _cli(
+        str(img), "-o", str(tmp_path / "h.jsonl"), "--crops", str(tmp_path / "c"), "--crop-size", "1000000"
+    )
+    assert huge.returncode == 2
+    assert "argument --crop-size: expected an integer from 1 to 8192, got 1000000" in huge.stderr
+
+
 def test_overwrite_says_that_old_crops_stay(models: dict[str, Path], tmp_path: Path) -> None:
     """--overwrite starts the journal over but deletes no images: with crops from an earlier
     run in the folder (faces a new --min-score drops, say), the run says so."""

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -37,9 +38,17 @@ def digest(a):
 
 
 def _child(body: str) -> dict[str, object]:
-    """Run ``body`` after the prelude in a fresh interpreter; its last stdout line, as JSON."""
+    """Run ``body`` after the prelude in a fresh interpreter that imports the afd_trt these tests
+    import (installed or built in place, not a source tree on the working folder); its last
+    stdout line, as JSON."""
+    import afd_trt
+
+    root = Path(afd_trt.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
     code = _PRELUDE + textwrap.dedent(body)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=root, env=env
+    )
     assert proc.returncode == 0, f"child exited {proc.returncode}: {proc.stderr[-2000:]}"
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
