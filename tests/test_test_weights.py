@@ -146,13 +146,18 @@ def test_same_seed_same_bytes_in_every_process(
         "s = {'w': torch.arange(6.0).view(2, 3), 'b': torch.ones(2)}; "
         "print(hashlib.sha256(safetensors_bytes(s, {'seed': '0', 'model': 'x', 'afd_trt_test_weights': '1'})).hexdigest())"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    digests = {
+    import afd_trt
+
+    root = Path(afd_trt.__file__).resolve().parent.parent  # the afd_trt these tests import
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    runs = [
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-        ).stdout
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=False
+        )
         for _ in range(4)
-    }
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    digests = {r.stdout for r in runs}
     assert len(digests) == 1, digests
     umask = os.umask(0)
     os.umask(umask)
