@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,28 +79,33 @@ def _check(ok: bool, what: str, message: str) -> None:
         raise ValueError(f"{what}: {message}")
 
 
+def _real(v: Any) -> bool:
+    """A real number (numpy's scalars too, for configs made in code), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _finite(values: Any, n: int) -> bool:
     """Whether ``values`` is a sequence of ``n`` finite real numbers (not bools)."""
     try:
-        return len(values) == n and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-        )
+        return len(values) == n and all(_real(v) and math.isfinite(v) for v in values)
     except TypeError:
         return False
 
 
 def _positive_ints(values: Any, n: int) -> bool:
     try:
-        return len(values) == n and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
-        )
+        return len(values) == n and all(_whole(v) and v > 0 for v in values)
     except TypeError:
         return False
 
 
 def _unit(value: float) -> bool:
     """A threshold: a finite number in [0, 1]."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+    return _real(value) and 0.0 <= value <= 1.0
 
 
 def _check_mean_std(what: str, mean: Any, std: Any) -> None:
@@ -175,7 +181,7 @@ class YOLOv3Config:
             value = getattr(self, name)
             _check(_unit(value), what, f"{name} must be a number in [0, 1], got {value!r}")
         _check(
-            isinstance(self.max_per_img, int) and not isinstance(self.max_per_img, bool),
+            _whole(self.max_per_img),
             what,
             f"max_per_img must be an integer (<= 0: no limit), got {self.max_per_img!r}",
         )
@@ -240,7 +246,7 @@ class FasterRCNNConfig:
             f"roi output_size must be 7 (the box head's input is 256 x 7 x 7), got {self.roi_output_size!r}",
         )
         _check(
-            isinstance(self.roi_sampling_ratio, int) and self.roi_sampling_ratio >= 0,
+            _whole(self.roi_sampling_ratio) and self.roi_sampling_ratio >= 0,
             what,
             f"roi sampling_ratio must be an integer >= 0 (0: adaptive), got {self.roi_sampling_ratio!r}",
         )
@@ -260,7 +266,7 @@ class FasterRCNNConfig:
         for name in ("rpn_nms_pre", "max_per_img"):
             value = getattr(self, name)
             _check(
-                isinstance(value, int) and not isinstance(value, bool),
+                _whole(value),
                 what,
                 f"{name} must be an integer (<= 0: no limit), got {value!r}",
             )
@@ -332,14 +338,14 @@ class HRNetConfig:
             f"decode must be 'dark', 'quarter' or 'none', got {self.decode!r}",
         )
         _check(
-            isinstance(self.blur_kernel, int) and self.blur_kernel % 2 == 1 and self.blur_kernel >= 3,
+            _whole(self.blur_kernel) and self.blur_kernel % 2 == 1 and self.blur_kernel >= 3,
             what,
             f"blur_kernel must be an odd integer >= 3, got {self.blur_kernel!r}",
         )
         seen: set[int] = set()
         for pair in self.flip_pairs:
             _check(
-                len(pair) == 2 and all(isinstance(k, int) and 0 <= k < self.num_keypoints for k in pair),
+                len(pair) == 2 and all(_whole(k) and 0 <= k < self.num_keypoints for k in pair),
                 what,
                 f"flip pair {pair!r} must be 2 keypoint indices in 0..{self.num_keypoints - 1}",
             )
@@ -356,14 +362,6 @@ ModelConfig = YOLOv3Config | FasterRCNNConfig | HRNetConfig
 
 
 _MISSING: Any = object()
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class _Table:
@@ -396,13 +394,13 @@ class _Table:
 
     def integer(self, key: str, default: Any = _MISSING) -> int:
         v = self._value(key, default)
-        if not _is_int(v):
+        if not _whole(v):
             raise self._bad(key, "an integer", v)
         return int(v)
 
     def number(self, key: str, default: Any = _MISSING) -> float:
         v = self._value(key, default)
-        if not _is_number(v) or not math.isfinite(v):
+        if not _real(v) or not math.isfinite(v):
             raise self._bad(key, "a finite number", v)
         return float(v)
 
@@ -420,13 +418,13 @@ class _Table:
 
     def integers(self, key: str, n: int | None = None) -> tuple[int, ...]:
         v = self._value(key, _MISSING)
-        if not isinstance(v, list) or not all(map(_is_int, v)) or (n is not None and len(v) != n):
+        if not isinstance(v, list) or not all(map(_whole, v)) or (n is not None and len(v) != n):
             raise self._bad(key, f"a list of {n or 'some'} integers", v)
         return tuple(int(x) for x in v)
 
     def numbers(self, key: str, n: int | None = None) -> tuple[float, ...]:
         v = self._value(key, _MISSING)
-        ok = isinstance(v, list) and all(_is_number(x) and math.isfinite(x) for x in v)
+        ok = isinstance(v, list) and all(_real(x) and math.isfinite(x) for x in v)
         if not ok or (n is not None and len(v) != n):
             raise self._bad(key, f"a list of {n or 'some'} finite numbers", v)
         return tuple(float(x) for x in v)
@@ -495,7 +493,7 @@ def _engine(raw: Mapping[str, Any], source: str) -> EngineConfig:
         shapes = []
         for k in ("min", "opt", "max"):
             v = t._value(k, _MISSING)
-            if not (isinstance(v, list) and v and all(_is_int(d) and d > 0 for d in v)):
+            if not (isinstance(v, list) and v and all(_whole(d) and d > 0 for d in v)):
                 raise ValueError(
                     f"config {source}: {where} {k} must be a list of positive integers, got {v!r}"
                 )
@@ -543,7 +541,7 @@ def _build(kind: str, raw: Mapping[str, Any], model: _Table, source: str) -> Mod
     """The config of ``kind`` from its file's tables (each table's unknown keys refused)."""
 
     def positive_number(x: Any) -> bool:
-        return _is_number(x) and math.isfinite(x) and x > 0
+        return _real(x) and math.isfinite(x) and x > 0
 
     if kind == "yolov3":
         num_classes = model.integer("num_classes", 1)
@@ -623,7 +621,7 @@ def _build(kind: str, raw: Mapping[str, Any], model: _Table, source: str) -> Mod
         bbox_padding=inp_t.number("bbox_padding"),
         pixel_std=inp_t.number("pixel_std"),
         shift_heatmap=test.flag("shift_heatmap", True),
-        flip_pairs=test.nested("flip_pairs", 2, _is_int),
+        flip_pairs=test.nested("flip_pairs", 2, _whole),
         decode=test.text("decode", "dark"),
         blur_kernel=test.integer("blur_kernel", 11),
         weights=_weights(raw, source),

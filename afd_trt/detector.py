@@ -614,7 +614,7 @@ class Detector:
         def submit(index: int, item: ImageInput) -> None:
             if isinstance(item, np.ndarray):
                 # Read ahead of its turn: a reader that refills one buffer (video frames) would
-                # change it under us. A copy now costs about a millisecond for 1920x1080.
+                # change it under us. A copy now costs 0.2 ms for 1920x1080 (2-core EPYC).
                 item = item.copy()
             b = None
             if box_iter is not None:
@@ -800,7 +800,8 @@ class Detector:
     ) -> list[np.ndarray]:
         """Expanded face boxes float32 (K, 5) per image (requires a face detector): paths or
         arrays, read and checked as the detector's own calls do them (``afd_trt.image.load_image``;
-        an error names the image by its index), or images already on this detector's device.
+        an error names the image by its path, or its index), or images already on this
+        detector's device.
         ``prepared``: detector inputs already made from the images (None entries are made here)."""
         _image_collection(images)
         loaded = [

@@ -7,6 +7,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from afd_trt.config import CONFIG_NAMES, FasterRCNNConfig, HRNetConfig, YOLOv3Config, load_config
@@ -140,3 +141,6 @@ def test_values_made_in_code_are_checked_too() -> None:
     with pytest.raises(ValueError, match="blur_kernel must be an odd integer >= 3, got 4"):
         dataclasses.replace(hrnet, blur_kernel=4)
     assert dataclasses.replace(yolo, max_per_img=-1).max_per_img == -1  # upstream's "no limit"
+    # numpy scalars, as code computing a setting makes them, are numbers like any other
+    tweaked = dataclasses.replace(yolo, score_thr=np.float32(0.3), max_per_img=np.int64(5))
+    assert (tweaked.score_thr, tweaked.max_per_img) == (np.float32(0.3), 5)
