@@ -924,11 +924,9 @@ def _process(opts: DetectOptions, item: WorkItem, res: StreamResult) -> tuple[di
             return error_record(item.path, _describe_error(e), item.frame, item.time), 0
         try:
             _write_files(opts, item, image, faces)
-        except (
-            EncodeError,
-            cv2.error,
-            MemoryError,
-        ) as e:  # this input's; a write error (disk full) stops the job
+        # This input's own (an image JPEG cannot hold, a crop OpenCV cannot make); a write error
+        # (a full disk) stops the job.
+        except (EncodeError, cv2.error, MemoryError) as e:
             return error_record(item.path, f"writing its crops or drawing: {e}", item.frame, item.time), 0
     if res.width is None or res.height is None:  # never for a decoded image
         return error_record(item.path, "no image size in the result", item.frame, item.time), 0

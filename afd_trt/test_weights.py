@@ -424,14 +424,14 @@ class NotTestWeightsError(FileExistsError):
     """A file under a released checkpoint name that is not afd_trt's test weights is in the way."""
 
 
-def _check_seed(seed: object) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"test weights: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-
-
 MAX_SEED = 2**52
 """The largest seed: a model's generator is seeded with ``seed * 1000 + salt``, which must fit
 in 64 bits."""
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"test weights: seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
 
 
 def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
