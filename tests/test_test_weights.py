@@ -185,8 +185,13 @@ def test_a_real_checkpoint_is_not_replaced(tmp_path: Path, caplog: pytest.LogCap
     with pytest.raises(SystemExit) as info:
         main(["make-test-weights", str(tmp_path / "a"), "--seed", "-1"])
     assert info.value.code == 2
-    assert main(["make-test-weights", str(tmp_path / "b"), "--seed", str(10**17)]) == 2
-    assert "seed must be an integer from 0 to" in caplog.text
+    with pytest.raises(SystemExit) as info:
+        main(["make-test-weights", str(tmp_path / "b"), "--seed", str(10**17)])
+    assert info.value.code == 2
+    with pytest.raises(
+        ValueError, match="seed must be an integer from 0 to 4503599627370496, got 100000000000000000"
+    ):
+        write_test_weights(tmp_path / "b", seed=10**17)
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b").exists()
 
