@@ -290,7 +290,7 @@ class EngineCache:
             return str(e)
         if meta.get("file_size") != path.stat().st_size:
             return (
-                f"file size {path.stat().st_size} != recorded {meta.get('file_size')} (truncated or corrupt)"
+                f"file size {path.stat().st_size} != recorded {meta.get('file_size')!r} (truncated or corrupt)"
             )
         actual = sha256_file(path)
         if actual != meta.get("file_sha256"):
