@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import numbers
 import tomllib
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONFIG_NAMES",
@@ -608,10 +611,19 @@ def _build(kind: str, raw: Mapping[str, Any], model: _Table, source: str) -> Mod
     num_keypoints = model.integer("num_keypoints", HRNET_KEYPOINTS)
     model.done()
     inp_t, test = _Table(raw, "input", source), _Table(raw, "test", source)
-    if "flip_test" in test.sec:
+    # Copies of the configs of 2026-12-04 and before carry flip_test = true, which was never
+    # read: true (what every Detector does unless told otherwise) is let through with a warning;
+    # false, which would never have turned the flip test off, is refused.
+    if test.flag("flip_test", True) is False:
         raise ValueError(
-            f"config {source}: [test] flip_test is not a model setting: the flip test is chosen per "
-            "Detector (Detector(flip_test=...), afd-trt --no-flip); remove it from the file"
+            f"config {source}: [test] flip_test = false has no effect: the flip test is chosen per "
+            "Detector (Detector(flip_test=False), afd-trt --no-flip); remove it from the file"
+        )
+    if "flip_test" in test.sec:
+        logger.warning(
+            "config %s: [test] flip_test is not a model setting (the flip test is chosen per Detector): "
+            "ignored; remove it from the file",
+            source,
         )
     cfg_h = HRNetConfig(
         input_size=inp_t.integers("size", 2),  # type: ignore[arg-type]

@@ -50,7 +50,7 @@ BAD = [
         "hrnetv2",
         "shift_heatmap",
         "shift_heatmap = true\nflip_test = false",
-        r"flip_test is not a model setting",
+        r"\[test\] flip_test = false has no effect",
     ),
     # TOML types are not coerced
     (
@@ -119,6 +119,17 @@ def test_bad_values_name_the_file_and_key(tmp_path: Path, name: str, old: str, n
     with pytest.raises(ValueError, match=match) as info:
         load_config(path)
     assert str(info.value).startswith(f"config {path}: "), str(info.value)
+
+
+def test_an_old_copy_with_flip_test_true_loads_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Configs copied before 2026-12-05 carry ``flip_test = true``, never read: they still load
+    (what every Detector does unless told otherwise), with a warning to remove it."""
+    path = _edited(tmp_path, "hrnetv2", "shift_heatmap", "shift_heatmap = true\nflip_test = true")
+    with caplog.at_level("WARNING", logger="afd_trt.config"):
+        assert load_config(path) == load_config("hrnetv2")
+    assert "[test] flip_test is not a model setting" in caplog.text
 
 
 def test_values_made_in_code_are_checked_too() -> None:
