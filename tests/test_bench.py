@@ -30,8 +30,11 @@ def test_parse_sizes() -> None:
     assert bench.parse_sizes("realistic") == [(1280, 720), (1920, 1080), (512, 512), (3072, 3072)]
     with pytest.raises(ValueError, match="'12x'"):
         bench.parse_sizes("12x")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="from 1 to 16384 px, got '0x5'"):
         bench.parse_sizes("0x5")
+    with pytest.raises(ValueError, match="from 1 to 16384 px, got '16385x5'"):
+        bench.parse_sizes("16385x5")
+    assert bench.parse_sizes("16384x1") == [(16384, 1)]
 
 
 def _conv_linear_gflop(name: str, shape: tuple[int, ...]) -> float:
@@ -325,7 +328,7 @@ def test_compare_faces_pairs_the_best_scored_reference_face_first() -> None:
     ("flags", "message"),
     [
         (["--cuda-graphs"], "cuda_graphs=True needs a CUDA device"),
-        (["--precision", "fp16"], "precision must be one of"),
+        (["--precision", "fp16"], "precision 'fp16' runs on CUDA devices only"),
     ],
 )
 def test_bench_refuses_a_configuration_the_device_cannot_run(

@@ -219,7 +219,7 @@ def test_input_errors() -> None:
         similarity_transform(np.zeros((1, 2)), np.zeros((1, 2)))
     with pytest.raises(ValueError, match="finite"):
         similarity_transform(np.array([[0, 0], [1, np.nan]]), np.zeros((2, 2)))
-    with pytest.raises(ValueError, match="positive integer, got 0"):
+    with pytest.raises(ValueError, match="integer from 1 to 8192, got 0"):
         box_crop_matrix(np.array([0, 0, 10, 10]), 0)
     with pytest.raises(ValueError, match="empty box"):
         box_crop_matrix(np.array([5, 5, 5, 5]), 64)
