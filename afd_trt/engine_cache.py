@@ -289,9 +289,7 @@ class EngineCache:
         except EngineMismatchError as e:
             return str(e)
         if meta.get("file_size") != path.stat().st_size:
-            return (
-                f"file size {path.stat().st_size} != recorded {meta.get('file_size')!r} (truncated or corrupt)"
-            )
+            return f"file size {path.stat().st_size} != recorded {meta.get('file_size')!r} (truncated or corrupt)"
         actual = sha256_file(path)
         if actual != meta.get("file_sha256"):
             return f"sha256 {actual[:12]}... != recorded {str(meta.get('file_sha256'))[:12]}... (corrupt)"
