@@ -32,6 +32,7 @@ from .face_detection import FaceDetector, FasterRCNNFaceDetector, YOLOv3FaceDete
 from .image import ImageInput, load_image, max_pixels_limit
 from .landmarks import LandmarkEstimator
 from .models import build_model
+from .ops import MAX_OP_THREADS
 from .preprocess import DetInput
 from .timing import StageTimes
 from .weights import load_checkpoint, resolve_checkpoint
@@ -94,7 +95,15 @@ class StreamResult:
 
 
 def _source(item: object) -> str | None:
-    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
+    """The path ``item`` names, for its result; None for an array, or a path-like object whose
+    ``__fspath__`` fails (its decoding then reports why)."""
+    if not isinstance(item, (str, os.PathLike)):
+        return None
+    try:
+        path = os.fspath(item)
+    except Exception:  # a broken path-like is that item's error (at decoding), not the stream's
+        return None
+    return path if isinstance(path, str) else os.fsdecode(path)
 
 
 _STREAM_LOCKS: dict[int, threading.Lock] = {}
@@ -131,11 +140,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return with_index(dev)
 
 
-def expand_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
+def expand_boxes(boxes: np.ndarray, factor: float | np.number) -> np.ndarray:
     """Scale boxes about their centers as upstream does (size counted with +1 pixel).
 
     Args:
         boxes: float32 (N, 5) ``[x1, y1, x2, y2, score]``.
+        factor: as the user gave it. numpy's promotion rules then pick the arithmetic, as in
+            upstream's same expression: float32 for a Python number or ``np.float32``; under
+            numpy 2, float64 for ``np.float64`` (rounded to float32 once, when stored).
 
     Returns:
         float32 (N, 5), scores unchanged.
@@ -143,9 +155,9 @@ def expand_boxes(boxes: np.ndarray, factor: float) -> np.ndarray:
     out = np.array(boxes, dtype=np.float32, copy=True)
     if len(out) == 0:
         return out
-    size = (out[:, 2:4] - out[:, 0:2] + np.float32(1)) * np.float32(factor)
-    center = (out[:, 0:2] + out[:, 2:4]) / np.float32(2)
-    tl = center - size / np.float32(2)
+    size = (out[:, 2:4] - out[:, 0:2] + 1) * factor
+    center = (out[:, 0:2] + out[:, 2:4]) / 2
+    tl = center - size / 2
     out[:, 0:2] = tl
     out[:, 2:4] = tl + size
     return out
@@ -392,8 +404,12 @@ class Detector:
         self.max_pixels = max_pixels
         if face_detector is not None and face_detector not in FACE_DETECTORS:
             raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
-        box_scale_factor = _positive_number("box_scale_factor", box_scale_factor)
+        _positive_number("box_scale_factor", box_scale_factor)  # validates; the value keeps its type
         flip_test = _flag("flip_test", flip_test)
+        threads = _count("threads", threads, 0)
+        if threads > MAX_OP_THREADS:
+            raise ValueError(f"threads must be from 0 to {MAX_OP_THREADS} (0: one per core), got {threads}")
+        max_batch = _count("max_batch", max_batch, 1)
         cuda_graphs = _flag("cuda_graphs", cuda_graphs)
         self.device = resolve_device(device)
         if jpeg_decoder not in JPEG_DECODERS:
@@ -604,6 +620,7 @@ class Detector:
         """
         n = self.default_batch_size if batch_size is None else _count("batch_size", batch_size, 1)
         workers = self.default_workers if workers is None else _count("workers", workers, 0)
+        keep_images = _flag("keep_images", keep_images)
         _image_collection(images)
         box_iter = iter(boxes) if boxes is not None else None
         inputs = iter(images)

@@ -14,6 +14,9 @@ from numpy.typing import NDArray
 
 from . import _C
 
+MAX_OP_THREADS = 256
+"""Most worker threads the crop warp and heatmap decode take (``kMaxThreads`` in ``csrc/``)."""
+
 # ---------------------------------------------------------------------------------------------
 # Detection ops: NMS, YOLOv3 / RPN / R-CNN post-processing, RoIAlign.
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import multiprocessing
+import os
 import pickle
 import re
 import weakref
@@ -168,6 +169,27 @@ def test_detect_batch_keeps_good_results_when_items_fail(
     _same(info2.value.results[0] or [], image_faces)
 
 
+class _BrokenPath(os.PathLike[str]):
+    def __fspath__(self) -> str:
+        raise RuntimeError("no path here")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_path_like_that_fails_is_that_items_error(
+    det: afd_trt.Detector, image: np.ndarray, image_faces: list[dict[str, np.ndarray]], workers: int
+) -> None:
+    """A path-like whose ``__fspath__`` raises was taken for a failure of the input iterable:
+    the stream stopped and ``detect_batch`` lost every result."""
+    results = list(det.stream([_BrokenPath(), image], workers=workers))
+    assert [r.index for r in results] == [0, 1]
+    assert results[0].source is None
+    assert isinstance(results[0].error, Exception)
+    assert "no path here" in str(results[0].error)
+    _same(results[1].faces or [], image_faces)
+    with pytest.raises(TypeError, match="keep_images must be True or False, got str 'no'"):
+        next(det.stream([image], keep_images="no"))  # type: ignore[arg-type]
+
+
 def test_detect_batch_equals_single_calls(
     det: afd_trt.Detector, image: np.ndarray, image_faces: list[dict[str, np.ndarray]]
 ) -> None:
@@ -231,6 +253,18 @@ def test_constructor_errors(weights: Weights) -> None:
         afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor=np.float32(1.5)).box_scale_factor
         == 1.5
     )
+    # refused when built, not at the first face as an error blamed on each image
+    for kwargs, exc, msg in (
+        ({"max_batch": 0}, ValueError, "max_batch must be an integer >= 1, got 0"),
+        ({"max_batch": -1}, ValueError, "max_batch must be an integer >= 1, got -1"),
+        ({"max_batch": 1.5}, TypeError, "max_batch must be an integer >= 1, got float 1.5"),
+        ({"threads": -1}, ValueError, "threads must be an integer >= 0, got -1"),
+        ({"threads": 257}, ValueError, "threads must be from 0 to 256 (0: one per core), got 257"),
+        ({"threads": "4"}, TypeError, "threads must be an integer >= 0, got str '4'"),
+    ):
+        with pytest.raises(exc, match=re.escape(msg)):
+            afd_trt.Detector(None, None, lm, device="cpu", **kwargs)  # type: ignore[arg-type]
+    assert afd_trt.Detector(None, None, lm, device="cpu", threads=np.int64(256), max_batch=1) is not None
     with pytest.raises(ValueError, match="backend must be one of"):
         afd_trt.Detector(None, None, lm, device="cpu", backend="tvm")
     with pytest.raises(ValueError, match="describes a 'faster-rcnn' model"):

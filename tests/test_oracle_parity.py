@@ -6,6 +6,7 @@ keypoints <= 0.05 px, keypoint scores <= 1e-4. Worst measured values are printed
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,3 +186,24 @@ def test_whole_image_of_a_single_pixel_matches_upstream(
     assert not ours[0][0]["keypoints"][:, :2].any()
     # The two single-pixel images differ only in colour, so the scores (from the crop) differ.
     assert not np.array_equal(ours[0][0]["keypoints"][:, 2], ours[2][0]["keypoints"][:, 2])
+
+
+@pytest.mark.parametrize(
+    "factor",
+    [1.1, 1.35, 0.9, 2, np.float32(1.1), np.float64(1.1), np.float64(1.2345678912345), np.int64(2)],
+    ids=repr,
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_box_expansion_bit_equals_upstream(factor: Any, seed: int) -> None:
+    """Detected boxes are scaled with upstream's arithmetic to the bit, whatever number type the
+    factor is given as (under numpy 2 an ``np.float64`` factor makes upstream compute in float64;
+    converting it to a Python float first, as we did, rounded differently)."""
+    rng = np.random.default_rng(seed)
+    tl = rng.uniform(-50, 1000, (64, 2))
+    wh = rng.uniform(0, 400, (64, 2))
+    boxes = np.hstack([tl, tl + wh, rng.uniform(0, 1, (64, 1))]).astype(np.float32)
+    upstream = anime_face_detector.LandmarkDetector._update_pred_box
+    ref = np.stack(upstream(types.SimpleNamespace(box_scale_factor=factor), boxes.copy()))
+    ours = afd_trt.detector.expand_boxes(boxes, factor)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
