@@ -221,6 +221,8 @@ def _check_file(path: Path, limit: int, name: str) -> bool:
         raise ValueError(f"{name}: no such file") from None
     except OSError as e:
         raise ValueError(f"{name}: cannot access it: {e.strerror or e}") from e
+    except ValueError as e:  # "embedded null byte": not a name a file can have
+        raise ValueError(f"{name}: not a usable file name ({e})") from None
     if stat.S_ISDIR(st.st_mode):
         raise ValueError(f"{name}: is a directory, not an image file")
     if not stat.S_ISREG(st.st_mode):

@@ -192,9 +192,10 @@ def coco_category(category_id: int = 1) -> dict[str, Any]:
     }
 
 
-def _finite(x: float) -> float | None:
-    """``x``, or None (JSON ``null``) when it is NaN or infinite."""
-    return x if math.isfinite(x) else None
+def _finite(x: float | None) -> float | None:
+    """``x``, or None (JSON ``null``) when it is None (a user box given without a score), NaN or
+    infinite."""
+    return x if x is not None and math.isfinite(x) else None
 
 
 def coco_from_records(

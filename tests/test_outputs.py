@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,20 @@ def test_coco_is_strict_json_when_a_network_overflowed() -> None:
     assert ann["score"] is None
     assert ann["keypoint_scores"][6] is None
     assert ann["bbox"] == [1.0, 2.0, 29.0, 38.0]
+
+
+def test_coco_of_a_face_from_a_box_given_without_a_score() -> None:
+    """``det(img, boxes=[[x1, y1, x2, y2]])`` returns 4-value bboxes, which ``face_record``
+    records with ``"score": None``: COCO carries that as null (``math.isfinite(None)`` raised)."""
+    kp = np.tile(np.array([[10.0, 20.0, 0.9]], np.float32), (28, 1))
+    face = {"bbox": np.array([1, 2, 30, 40], np.float32), "keypoints": kp}
+    rec = image_record("a.png", [face], 64, 48)
+    assert rec["faces"][0]["score"] is None
+    for r in (rec, json.loads(record_line(rec))):
+        (ann,) = coco_from_records([r])["annotations"]
+        assert ann["score"] is None
+        assert ann["bbox"] == [1.0, 2.0, 29.0, 38.0]
+        assert ann["num_keypoints"] == 28
 
 
 def test_coco_schema() -> None:
@@ -307,6 +322,39 @@ def test_a_jobs_own_output_folders_are_not_its_inputs(
     assert expand_inputs(["in/**/*.png", "in/**/*.jpg"], exclude=skip) == want
     assert expand_inputs(["in/crops/a_f0.png"], exclude=skip) == [InputSpec("in/crops/a_f0.png", "image")]
     assert len(expand_inputs(["in"])) == 4  # nothing left out without ``exclude``
+
+
+@pytest.mark.parametrize(
+    ("inputs", "own"),
+    [
+        (["in"], "in"),  # crops written straight into the input folder
+        (["in/"], "in"),
+        (["in/*.png"], "in"),  # all of the folder's own images would have been left out
+        (["in/**/*.png"], "in"),
+        (["in/crops"], "in/crops"),  # the crops folder named as an input
+        (["in/crops/deeper"], "in/crops"),
+        (["in/crops/*.png"], "in/crops"),
+        (["*.png", "in"], "."),
+        (["@list.txt"], "in"),
+    ],
+)
+def test_an_input_that_searches_the_jobs_own_output_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inputs: list[str], own: str
+) -> None:
+    """Crops written into a folder the inputs search become the next run's inputs (and the
+    folder's own images cannot be told from them): refused, naming both; a subfolder of an input
+    folder is fine (left out of the walk)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ["in/a.png", "in/crops/a_f0.png", "in/crops/deeper/b.png"]:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        Path(name).write_bytes(b"")
+    Path("list.txt").write_text("in/a.png\nin\n")
+    real = os.path.realpath(own)
+    with pytest.raises(ValueError, match=f"input '.*' searches '{re.escape(real)}', this job's own"):
+        expand_inputs(inputs, exclude=[own])
+    # elsewhere, or a file named explicitly: fine
+    assert expand_inputs(["in/a.png"], exclude=[own]) == [InputSpec("in/a.png", "image")]
+    assert expand_inputs(inputs, exclude=["elsewhere"])
 
 
 def test_a_list_file_that_is_not_utf8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
