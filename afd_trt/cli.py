@@ -549,14 +549,15 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
         default=None,
-        help="engine cache directory (default: $AFD_TRT_CACHE/engines or ~/.cache/afd_trt/engines)",
+        help="engine cache directory (default: $AFD_TRT_CACHE/engines, else $XDG_CACHE_HOME/afd_trt/engines, "
+        "else ~/.cache/afd_trt/engines)",
     )
     p.add_argument("--verify", action="store_true", help="hash every engine file against its sidecar (slow)")
     p.add_argument(
         "--prune",
         action="store_true",
-        help="delete what no process can use: stale (older runtime or cache format, for a device of this "
-        "machine), superseded, corrupt and leftover files; entries of other devices are kept",
+        help="delete what this install cannot use: stale (another runtime version or cache format, older or "
+        "newer, for a device of this machine), superseded, corrupt and leftover files; entries of other devices are kept",
     )
     p.add_argument(
         "--dry-run", action="store_true", help="with --prune: say what would be deleted, delete nothing"

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -141,6 +142,26 @@ def _in_skipped(path: str, skip: frozenset[str]) -> bool:
     return any(real.startswith(folder + os.sep) for folder in skip)
 
 
+def _glob_root(pattern: str) -> str:
+    """The folder a glob pattern searches from: its leading components without wildcards."""
+    parts = pattern.split(os.sep)
+    fixed = list(itertools.takewhile(lambda part: not (_GLOB_CHARS & set(part)), parts[:-1]))
+    return os.sep.join(fixed) if fixed and fixed != [""] else (os.sep if fixed else ".")
+
+
+def _refuse_own_folder(item: str, folder: str, skip: frozenset[str]) -> None:
+    """``ValueError`` when the input ``item``, which searches ``folder``, would search the job's
+    own crops or drawings folder (``folder`` is one, or lies in one): the job's output would be
+    its next run's input, and the folder's own images could not be told from it."""
+    real = os.path.realpath(folder)
+    for own in skip:
+        if real == own or real.startswith(own + os.sep):
+            raise ValueError(
+                f"input {item!r} searches {own!r}, this job's own --crops/--draw folder: write crops "
+                "and drawings to a folder of their own (a subfolder of an input folder is fine: it is left out)"
+            )
+
+
 def _expand_one(
     item: str, allow_list: bool, exts: Sequence[str], skip: frozenset[str]
 ) -> Iterator[InputSpec]:
@@ -158,6 +179,7 @@ def _expand_one(
         return
     path = Path(item)
     if path.is_dir():
+        _refuse_own_folder(item, item, skip)
         found = _walk(path, exts, skip)
         if not found:
             logger.warning("folder %s: no files with extensions %s", item, " ".join(exts))
@@ -167,6 +189,7 @@ def _expand_one(
     elif path.is_symlink():
         yield InputSpec(item, "broken")
     elif _GLOB_CHARS & set(item):
+        _refuse_own_folder(item, _glob_root(item), skip)
         matches = sorted(glob.glob(item, recursive=True))
         if not matches:
             yield InputSpec(item, "missing")
