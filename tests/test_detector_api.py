@@ -131,6 +131,9 @@ def test_unreadable_files(det: afd_trt.Detector, tmp_path: Path, image: np.ndarr
     bomb.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="exceeds the limit"):
         det(bomb)
+    # a NUL byte: os.stat's bare "embedded null byte" named no image
+    with pytest.raises(ValueError, match=r"image '.*a\\x00b\.png': not a usable file name"):
+        det(str(tmp_path / "a\x00b.png"))
 
 
 @pytest.mark.parametrize(
