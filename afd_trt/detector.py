@@ -128,6 +128,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(
             f"device {device!r}: not a device name (expected 'cpu', 'cuda', 'cuda:N' or 'auto')"
         ) from e
+    if dev.type not in ("cpu", "cuda"):  # torch names mps, xpu, meta...: no backend here runs them
+        raise ValueError(f"device {str(device)!r}: afd_trt runs on 'cpu' or 'cuda[:N]' ('auto' picks one)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {str(device)!r}: CUDA is not available on this machine (use 'cpu' or 'auto')"

@@ -5,8 +5,10 @@
 is loaded from the cache when valid, else built into it (see ``afd_trt.engine_cache``). A JSON
 summary (one record per engine: model, network, backend, precision, device, path, status, seconds) goes
 to stdout. A model whose config or weights cannot be loaded is one ``failed`` record, and the
-other models still build. Exit status 1 when an engine could not be built (unavailable backends
-only count with ``--strict``).
+other models still build. Statuses: ``built``, ``cached``, ``failed``, ``unavailable`` (a backend,
+device or precision this machine lacks) and ``eager`` (``auto`` runs eager torch for that network
+here: no engine file to build, nothing missing). Exit status 1 when an engine could not be built
+(unavailable backends only count with ``--strict``); 2 when the cache cannot be written.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +46,26 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _cache_dir(text: str) -> Path:
+    """``--cache-dir``: a path, not an empty or blank string (``Path("")`` is the working folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"an empty path names no directory, got {text!r}")
+    return Path(text)
+
+
+def _check_writable(cache: EngineCache) -> None:
+    """``OSError`` naming the cache when files cannot be made in it: a build there would go to the
+    Detector's per-process scratch cache and be lost at exit."""
+    try:
+        cache.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache.root):
+            pass
+    except OSError as e:
+        raise OSError(
+            f"engine cache {cache.root} cannot be written ({type(e).__name__}: {e.strerror or e})"
+        ) from e
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The build options (shared by ``python -m build_engines`` and ``afd-trt build``)."""
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="default: all three")
@@ -56,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "fp16"), default=["fp32"])
     p.add_argument("--device", default="auto", help="cpu, cuda:0, ... or auto (default)")
     p.add_argument(
-        "--cache-dir", type=Path, default=None, help="engine cache (default: $AFD_TRT_CACHE/engines)"
+        "--cache-dir", type=_cache_dir, default=None, help="engine cache (default: $AFD_TRT_CACHE/engines)"
     )
     p.add_argument(
         "--checkpoint", action="append", default=[], metavar="MODEL=PATH", help="weights file of a model"
@@ -94,12 +117,17 @@ def build(
 
     dev = resolve_device(device)
     cache = EngineCache(cache_dir)
+    _check_writable(cache)
     checkpoints, configs = checkpoints or {}, configs or {}
     records: list[dict[str, Any]] = []
     for model_name in models:
         t0 = time.perf_counter()
         try:
             cfg = load_config(configs.get(model_name, model_name))
+            if cfg.type != model_name:
+                raise ValueError(
+                    f"config {configs[model_name]!r} describes a {cfg.type!r} model, not {model_name!r}"
+                )
             path = resolve_checkpoint(cfg.weights, checkpoints.get(model_name), download=download)
             module = build_model(model_name)
             load_checkpoint(module, path)
@@ -137,8 +165,13 @@ def build(
                             raise BackendUnavailableError(f"backend {backend!r} builds no engine file")
                         key, suffix = spec.entry(net, dev, precision)
                     except (BackendUnavailableError, ValueError) as e:
-                        rec.update(status="unavailable", error=str(e))
-                        logger.warning("%s %s %s: %s", net.name, rec["backend"], rec["precision"], e)
+                        if requested == "auto" and rec["backend"] == "torch":
+                            # what the Detector runs here needs no file: nothing is missing
+                            rec.update(status="eager", error=f"auto runs eager torch here: {e}")
+                            logger.info("%s %s: %s", net.name, rec["precision"], rec["error"])
+                        else:
+                            rec.update(status="unavailable", error=str(e))
+                            logger.warning("%s %s %s: %s", net.name, rec["backend"], rec["precision"], e)
                     else:
                         rec.update(_build_one(cache, key, suffix, backend, net, dev, precision))
                     rec["seconds"] = round(time.perf_counter() - t0, 3)
@@ -171,6 +204,10 @@ def _build_one(
     except Exception as e:  # a failed build: report it and go on with the others
         logger.exception("%s %s %s: build failed", net.name, backend, precision)
         return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    if not was_valid and (why := cache.validate(entry, key)) is not None:
+        # built, but not kept: the Detector fell back to its scratch cache (a model folder that
+        # cannot be written, say), which goes at exit
+        return {"status": "failed", "error": f"built but not kept in the cache at {entry}: {why}"}
     return {"path": str(entry), "status": "cached" if was_valid else "built"}
 
 

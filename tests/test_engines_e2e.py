@@ -296,6 +296,73 @@ def test_build_goes_on_past_a_model_whose_weights_fail(
     assert Path(records[1]["path"]).is_file()
 
 
+def test_build_refuses_what_it_cannot_do(
+    checkpoints: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty --cache-dir (the working folder) is a usage error; a cache that cannot be written
+    is exit 2 before anything is built (engines used to go to the per-process scratch cache,
+    reported ``built``, and vanish at exit); a device torch names but afd_trt cannot run is exit
+    2; a --config of another model is that model's ``failed`` record."""
+    from afd_trt.cli import main as cli_main
+
+    base = [
+        "--log-level",
+        "ERROR",
+        "build",
+        "--models",
+        "hrnetv2",
+        "--backends",
+        "torchscript",
+        "--no-download",
+    ]
+    base += ["--checkpoint", f"hrnetv2={checkpoints['hrnetv2']}"]
+    for empty in ("", " "):
+        with pytest.raises(SystemExit) as info:
+            cli_main([*base, "--device", "cpu", "--cache-dir", empty])
+        assert info.value.code == 2
+        assert "an empty path names no directory" in capsys.readouterr().err
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert cli_main([*base, "--device", "cpu", "--cache-dir", str(blocker / "engines")]) == 2
+    assert capsys.readouterr().out == ""
+    assert f"engine cache {blocker / 'engines'} cannot be written" in caplog.text
+    assert blocker.read_text() == "x"
+    assert cli_main([*base, "--device", "meta", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "afd_trt runs on 'cpu' or 'cuda[:N]'" in caplog.text
+    args = [*base, "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--config", "hrnetv2=yolov3"]
+    assert cli_main(args) == 1
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["status"] == "failed"
+    assert "config 'yolov3' describes a 'yolov3' model, not 'hrnetv2'" in record["error"]
+    assert not list((tmp_path / "c").rglob("*.ts"))
+
+
+@pytest.mark.slow
+def test_build_auto_where_auto_runs_eager_torch_is_not_a_failure(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--backends auto --strict`` builds what ``Detector(backend="auto")`` loads; a network that
+    ``auto`` runs in eager torch (Faster R-CNN's box head at bf16 on a CPU with native bf16) needs
+    no file: an ``eager`` record, not ``unavailable`` (which failed the strict run)."""
+    from afd_trt.cli import main as cli_main
+    from afd_trt.engines import AUTO_CPU, cpu_has_bf16
+
+    if not cpu_has_bf16() or AUTO_CPU["bf16"]["faster-rcnn-box-head"][0] != "torch":
+        pytest.skip("auto runs eager torch for the box head only at bf16 on a CPU with native bf16")
+    args = ["--log-level", "ERROR", "build", "--models", "faster-rcnn", "--backends", "auto"]
+    args += ["--precisions", "bf16", "--device", "cpu", "--cache-dir", str(tmp_path), "--no-download"]
+    args += ["--checkpoint", f"faster-rcnn={checkpoints['faster-rcnn']}", "--strict"]
+    assert cli_main(args) == 0
+    records = {r["network"]: r for r in json.loads(capsys.readouterr().out)}
+    assert records["faster-rcnn-box-head"]["status"] == "eager"
+    assert records["faster-rcnn-box-head"]["backend"] == "torch"
+    assert records["faster-rcnn"]["status"] == "built"
+    assert Path(records["faster-rcnn"]["path"]).is_file()
+
+
 def test_relative_engine_cache_is_the_same_folder_after_pickling(
     checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
