@@ -579,7 +579,11 @@ def _run_cache(args: argparse.Namespace) -> int:
     if cache.root.exists() and not cache.root.is_dir():
         logger.error("cache: %s is not a directory", cache.root)
         return 2
-    entries = scan_cache(cache.root, current_runtimes(), machine_device_tags(), verify=args.verify)
+    try:
+        entries = scan_cache(cache.root, current_runtimes(), machine_device_tags(), verify=args.verify)
+    except OSError as err:  # the cache folder itself cannot be listed
+        logger.error("cache: cannot read %s: %s", err.filename or cache.root, err.strerror or err)
+        return 1
     out = sys.stdout
     for e in entries:
         if args.json:

@@ -278,7 +278,15 @@ class EngineCache:
         return meta
 
     def validate(self, path: Path, key: EngineKey) -> str | None:
-        """Why the entry at ``path`` cannot be used for ``key``; None when it can."""
+        """Why the entry at ``path`` cannot be used for ``key``; None when it can. An entry this
+        process cannot read (another user's 0600 file, a folder it cannot search) is one it
+        cannot use, not an error."""
+        try:
+            return self._validate(path, key)
+        except OSError as e:
+            return f"cannot read it ({type(e).__name__}: {e.strerror or e})"
+
+    def _validate(self, path: Path, key: EngineKey) -> str | None:
         if not path.is_file():
             return "not built yet"
         meta = self.read_metadata(path)
@@ -288,8 +296,9 @@ class EngineCache:
             check_same_target(meta.get("key", {}), key)
         except EngineMismatchError as e:
             return str(e)
-        if meta.get("file_size") != path.stat().st_size:
-            return f"file size {path.stat().st_size} != recorded {meta.get('file_size')!r} (truncated or corrupt)"
+        size = path.stat().st_size
+        if meta.get("file_size") != size:
+            return f"file size {size} != recorded {meta.get('file_size')!r} (truncated or corrupt)"
         actual = sha256_file(path)
         if actual != meta.get("file_sha256"):
             return f"sha256 {actual[:12]}... != recorded {str(meta.get('file_sha256'))[:12]}... (corrupt)"
@@ -383,12 +392,13 @@ class EngineCache:
 # Listing and pruning
 # ---------------------------------------------------------------------------------------------
 
-KEPT = ("ok", "other-target", "runtime-missing")
-"""Statuses of entries that ``afd-trt cache --prune`` keeps: usable here, or by another machine or runtime
-sharing the directory (which this one cannot judge)."""
+KEPT = ("ok", "other-target", "runtime-missing", "unreadable")
+"""Statuses of entries that ``afd-trt cache --prune`` keeps: usable here, or by another machine, runtime
+or user sharing the directory (which this one cannot judge)."""
 REMOVABLE = ("stale", "superseded", "corrupt", "orphan")
 """Statuses of what no process can use any more: built with an older runtime or cache format for
 a device of this machine, an old per-backend ONNX copy, a damaged file, or a leftover."""
+_KEY_TEXT = ("backend", "device", "runtime")  # key fields a sidecar must record as strings
 _PART_MIN_AGE_S = 3600.0  # a temporary file younger than this may belong to a running build
 _SUPERSEDED = {"onnxruntime", "openvino"}  # backends that, before the shared ONNX model, kept a copy
 
@@ -404,6 +414,8 @@ class CacheEntry:
         key: the recorded :class:`EngineKey` fields (empty when no readable sidecar).
         status: one of :data:`KEPT` or :data:`REMOVABLE`.
         reason: why, in words.
+        stamp: (path, mtime_ns, size) of the engine and its sidecar (or the lone file) taken
+            before they were judged; :func:`remove_entry` leaves an entry that changed since.
     """
 
     path: Path
@@ -412,6 +424,19 @@ class CacheEntry:
     key: Mapping[str, Any]
     status: str
     reason: str
+    stamp: tuple[tuple[str, int, int], ...] = ()
+
+
+def _stamp(paths: Iterable[Path]) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of each of ``paths``; (path, -1, -1) for one that does not exist."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(p), -1, -1))
+    return tuple(out)
 
 
 def _size(paths: Iterable[Path]) -> int:
@@ -489,7 +514,13 @@ def scan_cache(
     if not root.is_dir():
         return entries
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        names = {p.name for p in model_dir.iterdir() if p.is_file() and cache_file_kind(p.name) is not None}
+        try:
+            names = {
+                p.name for p in model_dir.iterdir() if p.is_file() and cache_file_kind(p.name) is not None
+            }
+        except PermissionError as e:
+            logger.warning("engine cache folder %s cannot be listed (%s): left out", model_dir, e.strerror)
+            continue
         claimed: set[str] = set()
         for name in sorted(names):
             if cache_file_kind(name) != "engine":
@@ -499,28 +530,42 @@ def scan_cache(
             files = tuple(p for p in (path, side, lock) if p.name in names)
             claimed.update(p.name for p in files)
             size = _size(files)
+            stamp = _stamp((path, side))
             try:
                 meta = json.loads(side.read_text(encoding="utf-8"))
+            except PermissionError as e:  # another user's: theirs to judge, not garbage
+                reason = f"its sidecar cannot be read here ({e.strerror}): kept"
+                entries.append(CacheEntry(path, files, size, {}, "unreadable", reason, stamp))
+                continue
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 meta = None
-            if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+            key = meta.get("key") if isinstance(meta, dict) else None
+            if not isinstance(key, dict) or not all(isinstance(key.get(f), str) for f in _KEY_TEXT):
                 why = "no sidecar" if side.name not in names else "unreadable sidecar"
-                entries.append(CacheEntry(path, files, size, {}, "orphan", f"{why}: cannot tell what it is"))
+                entries.append(
+                    CacheEntry(path, files, size, {}, "orphan", f"{why}: cannot tell what it is", stamp)
+                )
                 continue
-            key = meta["key"]
+            assert isinstance(meta, dict)
             try:
                 actual = path.stat().st_size
+                bad_hash = verify and sha256_file(path) != meta.get("file_sha256")
             except FileNotFoundError:  # deleted meanwhile (another prune, a rebuild's replace)
+                continue
+            except PermissionError as e:
+                reason = f"cannot be read here ({e.strerror}): kept"
+                entries.append(CacheEntry(path, files, size, key, "unreadable", reason, stamp))
                 continue
             if meta.get("file_size") != actual:
                 status, reason = "corrupt", f"{actual} bytes, the sidecar records {meta.get('file_size')}"
-            elif verify and sha256_file(path) != meta.get("file_sha256"):
+            elif bad_hash:
                 status, reason = "corrupt", "its sha256 differs from the sidecar's"
             else:
                 status, reason = entry_status(key, path.suffix, runtimes, devices)
-            entries.append(CacheEntry(path, files, size, key, status, reason))
+            entries.append(CacheEntry(path, files, size, key, status, reason, stamp))
         for name in sorted(names - claimed):
             path = model_dir / name
+            stamp = _stamp((path,))
             if name.endswith(".part"):
                 try:
                     age = now - path.stat().st_mtime
@@ -535,7 +580,7 @@ def scan_cache(
                 reason = "build lock of an engine that is gone"
             else:  # pragma: no cover - every other name is claimed above
                 continue
-            entries.append(CacheEntry(path, (path,), _size((path,)), {}, "orphan", reason))
+            entries.append(CacheEntry(path, (path,), _size((path,)), {}, "orphan", reason, stamp))
     return entries
 
 
@@ -556,8 +601,12 @@ def remove_entry(entry: CacheEntry) -> int:
                 return 0
     freed = 0
     try:
+        if entry.stamp and _stamp(Path(p) for p, _, _ in entry.stamp) != entry.stamp:
+            # built, rebuilt or finished since the scan judged it (the scan takes no lock)
+            logger.warning("%s changed since it was listed: left alone", entry.path)
+            return 0
         # engine first, sidecar next, lock last: never a sidecar describing a missing file for long
-        for p in sorted(entry.files, key=lambda p: (p.name.endswith(".json"), p.name.endswith(".lock"))):
+        for p in sorted(entry.files, key=lambda p: (p.name.endswith(".lock"), p.name.endswith(".json"))):
             with contextlib.suppress(FileNotFoundError):
                 size = p.stat().st_size
                 p.unlink()

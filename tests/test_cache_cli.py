@@ -97,6 +97,8 @@ def test_cache_lists_and_prunes_exactly_the_unusable_entries(
     os.utime(old_part, (time.time() - 7200, time.time() - 7200))
     fresh_part = ts.with_name(f".{ts.name}.12346.abce.part")  # perhaps a build running now
     fresh_part.write_bytes(b"half an engine")
+    # a sidecar whose key fields are not strings (hand-edited): unhashable, it crashed the listing
+    bad_key = _copy(ts, f"torchscript-fp32-{here}-0000000000000008.ts", _set(device=["cpu"]))
 
     want = {
         ts.name: "ok",
@@ -109,6 +111,7 @@ def test_cache_lists_and_prunes_exactly_the_unusable_entries(
         no_sidecar.name: "orphan",
         lone_sidecar.name: "orphan",
         old_part.name: "orphan",
+        bad_key.name: "orphan",
     }
     assert _listing(cache, capsys) == want
     before = sorted(p.name for p in (cache / NET).iterdir())
@@ -188,6 +191,33 @@ def test_an_entry_being_built_is_not_removed(cache: Path) -> None:
     assert not stale.exists()
     assert not lock.exists()
     assert not EngineCache.sidecar(stale).exists()
+
+
+def test_an_entry_that_changed_since_the_scan_is_not_removed(cache: Path) -> None:
+    """The scan takes no lock: an engine listed as an orphan because its build had not yet
+    written the sidecar, or a corrupt one rebuilt since, is valid by the time the prune reaches
+    it, and is left alone (it was deleted, a valid engine lost)."""
+    ts = _only(cache, "torchscript-*.ts")
+    mid_build = ts.with_name(f"torchscript-fp32-{device_tag(CPU)}-000000000000000a.ts")
+    shutil.copy(ts, mid_build)  # the engine is in place, its sidecar not yet
+    rebuilt = _copy(ts, f"torchscript-fp32-{device_tag(CPU)}-000000000000000b.ts")
+    rebuilt.write_bytes(rebuilt.read_bytes()[:100])
+    entries = {e.path: e for e in scan_cache(cache, current_runtimes(), machine_device_tags())}
+    assert (entries[mid_build].status, entries[rebuilt].status) == ("orphan", "corrupt")
+    shutil.copy(EngineCache.sidecar(ts), EngineCache.sidecar(mid_build))  # the build finishes
+    shutil.copy(ts, rebuilt)  # rebuilt in full
+    for path in (mid_build, rebuilt):
+        assert remove_entry(entries[path]) == 0
+        assert path.exists()
+        assert EngineCache.sidecar(path).exists()
+    again = {e.path: e for e in scan_cache(cache, current_runtimes(), machine_device_tags())}
+    assert again[mid_build].status == again[rebuilt].status == "ok"
+    # unchanged since its scan, an entry goes, engine before sidecar
+    orphan = ts.with_name(f"torchscript-fp32-{device_tag(CPU)}-000000000000000c.ts")
+    shutil.copy(ts, orphan)
+    (entry,) = [e for e in scan_cache(cache, current_runtimes(), machine_device_tags()) if e.path == orphan]
+    assert remove_entry(entry) == entry.size > 0
+    assert not orphan.exists()
 
 
 def test_prune_never_deletes_what_the_cache_did_not_write(

@@ -145,6 +145,16 @@ def test_damaged_entry_is_rebuilt(
         assert any("rebuilding" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
 
 
+def test_an_entry_that_cannot_be_read_is_a_reason_not_an_error(tmp_path: Path) -> None:
+    """``validate`` turns an OSError on the entry (another user's 0600 file, a folder it cannot
+    search; here a name too long for the file system) into a reason, so the build loop and the
+    Detector rebuild or fall back instead of failing."""
+    key = dataclasses.replace(KEY, model="m" * 300)
+    why = EngineCache(tmp_path).validate(EngineCache(tmp_path).path_for(key, ".plan"), key)
+    assert why is not None
+    assert why.startswith("cannot read it (OSError: File name too long")
+
+
 def test_entry_recorded_for_another_target_is_refused_and_rebuilt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
