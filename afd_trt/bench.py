@@ -46,6 +46,7 @@ import torch
 
 from .argtypes import int_at_least
 from .detect_job import IMAGE_EXTS
+from .image import opencv_can_open
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -129,6 +130,11 @@ class UpstreamProcess:
         return reply
 
     def __call__(self, path: str) -> tuple[list[dict[str, np.ndarray]], float]:
+        if not opencv_can_open(path):  # upstream's cv2.imread would crash its process
+            raise UpstreamError(
+                f"upstream reads {path!r} with cv2.imread, which crashes on a name that is not UTF-8 "
+                "(OpenCV 5.1): not run there"
+            )
         try:
             self._conn.send(path)
         except OSError as e:  # the child is gone (killed, out of memory): every call says so
@@ -159,6 +165,7 @@ def default_grid() -> Path:
 
 
 MAX_GENERATED_SIDE = 16384
+MIN_GENERATED_SIDE = 8  # the synthetic scenes' least side (and no face fits in less)
 """The longest side of a generated image (768 MiB of pixels; JPEG allows 65,500 at most)."""
 
 
@@ -173,22 +180,33 @@ def parse_sizes(spec: str) -> list[tuple[int, int]]:
             raise ValueError(
                 f"--size: expected WxH[,WxH...] or one of {sorted(SIZE_PRESETS)}, got {part!r}"
             ) from None
-        if not (1 <= w <= MAX_GENERATED_SIDE and 1 <= h <= MAX_GENERATED_SIDE):
-            raise ValueError(f"--size: each side must be from 1 to {MAX_GENERATED_SIDE} px, got {part!r}")
+        if not (
+            MIN_GENERATED_SIDE <= w <= MAX_GENERATED_SIDE and MIN_GENERATED_SIDE <= h <= MAX_GENERATED_SIDE
+        ):
+            raise ValueError(
+                f"--size: each side must be from {MIN_GENERATED_SIDE} to {MAX_GENERATED_SIDE} px, got {part!r}"
+            )
         sizes.append((w, h))
     return sizes
 
 
+def load_grid(path: Path) -> np.ndarray | None:
+    """The grid image at ``path`` as BGR uint8, or None when there is no file or it does not
+    decode as an image."""
+    return cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() and opencv_can_open(path) else None
+
+
 def generated_images(
-    n: int, sizes: Sequence[tuple[int, int]], seed: int, grid_path: Path
+    n: int, sizes: Sequence[tuple[int, int]], seed: int, grid_path: Path | np.ndarray | None
 ) -> Iterator[np.ndarray]:
     """n BGR uint8 images cycling through ``sizes`` (w, h), made one at a time (so that writing
     many large ones never holds them all, which would show in the bench's peak RSS): windows of
-    the TADNE grid, or synthetic line-art scenes when the grid file is absent."""
+    the TADNE grid (a path, or the image :func:`load_grid` read), or synthetic line-art scenes
+    when there is none."""
     from .test_weights import synthetic_image
 
     rng = np.random.default_rng(seed)
-    grid = cv2.imread(str(grid_path), cv2.IMREAD_COLOR) if grid_path.is_file() else None
+    grid = load_grid(grid_path) if isinstance(grid_path, Path) else grid_path
     for i in range(n):
         w, h = sizes[i % len(sizes)]
         if grid is not None:
@@ -202,14 +220,21 @@ def generated_images(
 
 
 def write_generated_jpegs(
-    n: int, sizes: Sequence[tuple[int, int]], seed: int, grid_path: Path, directory: Path, prefix: str
+    n: int,
+    sizes: Sequence[tuple[int, int]],
+    seed: int,
+    grid_path: Path | np.ndarray | None,
+    directory: Path,
+    prefix: str,
 ) -> list[Path]:
     """:func:`generated_images` written as JPEG files (quality 95) ``<prefix>_<i>_<w>x<h>.jpg`` in
-    ``directory``, in order; a warning when the grid is absent (synthetic scenes instead)."""
-    if not grid_path.is_file():
-        logger.warning("%s: %s not found, using synthetic images", prefix, grid_path)
+    ``directory``, in order; a warning when there is no grid (synthetic scenes instead)."""
+    grid = load_grid(grid_path) if isinstance(grid_path, Path) else grid_path
+    if grid is None:
+        where = f"{grid_path} not found or not an image" if isinstance(grid_path, Path) else "no grid"
+        logger.warning("%s: %s, using synthetic images", prefix, where)
     paths = []
-    for i, img in enumerate(generated_images(n, sizes, seed, grid_path)):
+    for i, img in enumerate(generated_images(n, sizes, seed, grid)):
         path = directory / f"{prefix}_{i:05d}_{img.shape[1]}x{img.shape[0]}.jpg"
         if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95]):
             raise OSError(f"{prefix}: could not write {path}")
@@ -438,8 +463,11 @@ def _image_paths(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], str]:
         paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in IMAGE_EXTS)
         return paths, f"directory {Path(args.images).resolve()}"
     grid = args.grid if args.grid is not None else default_grid()
-    paths = write_generated_jpegs(args.num_images, parse_sizes(args.size), args.seed, grid, tmp, "bench")
-    if grid.is_file():
+    image = load_grid(grid)
+    if image is None and args.grid is not None:  # asked for by name: not silently replaced
+        raise ValueError(f"--grid {args.grid}: no such file, or not an image OpenCV can read")
+    paths = write_generated_jpegs(args.num_images, parse_sizes(args.size), args.seed, image, tmp, "bench")
+    if image is not None:
         return paths, f"windows of {grid.resolve()} (seed {args.seed}), JPEG quality 95"
     return paths, f"synthetic scenes (seed {args.seed}; no grid at {grid}), JPEG quality 95"
 
@@ -670,6 +698,19 @@ def _stream_pass(
     return out
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why a results file cannot be written at ``path`` (None when it can, as far as can be
+    told without writing it)."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"folder {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "cannot be written (permissions)"
+    return None
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from .detector import Detector, resolve_device
 
@@ -677,6 +718,9 @@ def run_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.images is not None and not Path(args.images).is_dir():
         logger.error("bench: --images %s is not a directory", args.images)
+        return 2
+    if args.json is not None and (why := _unwritable(args.json)) is not None:
+        logger.error("bench: --json %s: %s", args.json, why)  # found now, not after the run
         return 2
     try:
         device = resolve_device(args.device)
@@ -690,6 +734,9 @@ def run_bench(args: argparse.Namespace) -> int:
             paths, images_source = _image_paths(args, tmp)
         except OSError as e:  # a temporary folder that is full, a size JPEG cannot hold
             logger.error("bench: cannot write the generated images: %s", e)
+            return 2
+        except (ValueError, MemoryError) as e:
+            logger.error("bench: cannot make the images: %s", e)
             return 2
         if not paths:
             logger.error("bench: --images %s holds no images (%s)", args.images, " ".join(IMAGE_EXTS))
@@ -729,7 +776,11 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     print(_table(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2))
+        try:
+            args.json.write_text(json.dumps(result, indent=2))
+        except OSError as e:  # removed or filled since the check: the table above stands
+            logger.error("bench: cannot write --json %s: %s", args.json, e.strerror or e)
+            return 2
     return 1 if result["failed"] else 0
 
 
@@ -874,11 +925,12 @@ def _run_passes(
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         free, total = torch.cuda.mem_get_info(device)
         result["gpu_used_mb"] = (total - free) / 2**20
+    if ref is not None:
+        result["upstream_failed"] = [f"{p}: {e}" for p, e in upstream_failed.items()]
     if ref is not None and not t_ref:
         logger.error("bench: upstream ran none of the images: no comparison")
         ref = None
     if ref is not None:
-        result["upstream_failed"] = [f"{p}: {e}" for p, e in upstream_failed.items()]
         up_ips = len(t_ref) / sum(t_ref)
         result["upstream"] = {"images_per_s": up_ips, **percentiles_ms(t_ref)}
         result["speedup"] = sum(t_ref) / sum(t_ours)

@@ -30,11 +30,11 @@ def test_parse_sizes() -> None:
     assert bench.parse_sizes("realistic") == [(1280, 720), (1920, 1080), (512, 512), (3072, 3072)]
     with pytest.raises(ValueError, match="'12x'"):
         bench.parse_sizes("12x")
-    with pytest.raises(ValueError, match="from 1 to 16384 px, got '0x5'"):
-        bench.parse_sizes("0x5")
-    with pytest.raises(ValueError, match="from 1 to 16384 px, got '16385x5'"):
-        bench.parse_sizes("16385x5")
-    assert bench.parse_sizes("16384x1") == [(16384, 1)]
+    # 8 px: the synthetic scenes' least side (smaller sizes ended in a traceback without a grid)
+    for bad in ("0x5", "7x8", "8x7", "16385x8"):
+        with pytest.raises(ValueError, match=f"from 8 to 16384 px, got '{bad}'"):
+            bench.parse_sizes(bad)
+    assert bench.parse_sizes("16384x8") == [(16384, 8)]
 
 
 def _conv_linear_gflop(name: str, shape: tuple[int, ...]) -> float:
@@ -153,6 +153,13 @@ def test_upstream_runs_in_a_process_of_its_own_and_a_failure_is_named(
         with pytest.raises(bench.UpstreamError, match=r"^\w+(Error|Exception): "):
             ref(str(tmp_path / "missing.jpg"))
         again, _ = ref(str(image))  # still serving after a failure
+        # a name that is not UTF-8: upstream's cv2.imread would crash the child, so it is not sent
+        odd = tmp_path / os.fsdecode(b"odd\xff.jpg")
+        odd.write_bytes(image.read_bytes())
+        with pytest.raises(bench.UpstreamError, match="not UTF-8"):
+            ref(str(odd))
+        assert ref._proc.is_alive()
+        np.testing.assert_array_equal(ref(str(image))[0][0]["bbox"], again[0]["bbox"])
         ref._proc.kill()  # killed (out of memory, say): each later call says so, none hangs
         ref._proc.join()
         for _ in range(2):
@@ -212,10 +219,11 @@ def test_bench_reports_a_bad_image_and_times_the_rest(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--size", "0x5"], "argument --size: each side must be from 1 to 16384 px, got '0x5'"),
+        (["--size", "0x5"], "argument --size: each side must be from 8 to 16384 px, got '0x5'"),
+        (["--size", "4x4"], "argument --size: each side must be from 8 to 16384 px, got '4x4'"),
         # a traceback (numpy asked for 14.6 TiB; OpenCV could not write a 70000 px JPEG)
-        (["--size", "1000000x1000000"], "argument --size: each side must be from 1 to 16384 px"),
-        (["--size", "70000x64"], "argument --size: each side must be from 1 to 16384 px"),
+        (["--size", "1000000x1000000"], "argument --size: each side must be from 8 to 16384 px"),
+        (["--size", "70000x64"], "argument --size: each side must be from 8 to 16384 px"),
         (["--seed", "-1"], "argument --seed: expected an integer from 0 to 4503599627370496, got -1"),
         (["--seed", str(2**53 + 1)], "argument --seed: expected an integer from 0 to 4503599627370496"),
         (["--size", "12x"], "argument --size: "),
@@ -245,6 +253,26 @@ def test_bench_refuses_a_missing_image_directory(tmp_path: Path, caplog: pytest.
     assert f"--images {tmp_path / 'empty'} holds no images (.jpg .jpeg .png" in caplog.text
     assert not out.exists()
     assert not out.exists()
+
+
+def test_bench_refuses_a_grid_or_json_path_it_cannot_use(
+    seeded_weights: Callable[[int], Weights], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A --grid given by name that is missing or not an image is refused (it was replaced by
+    synthetic scenes without a word, and the report named the file); a --json that cannot be
+    written is refused before the run (its figures were lost after it, with a traceback)."""
+    wdir = seeded_weights(0)["yolov3"]["pth"].parent
+    argv = ["bench", "--weights", str(wdir), "--num-images", "1", "--size", "64x64", "--quiet"]
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    for grid in (notes, tmp_path / "missing.jpg"):
+        assert main([*argv, "--grid", str(grid), "--json", str(tmp_path / "r.json")]) == 2
+        assert f"--grid {grid}: no such file, or not an image OpenCV can read" in caplog.text
+    assert not (tmp_path / "r.json").exists()
+    for out, why in ((tmp_path / "nodir" / "r.json", "does not exist"), (tmp_path, "is a directory")):
+        assert main([*argv, "--json", str(out)]) == 2
+        assert f"--json {out}: " in caplog.text
+        assert why in caplog.text
 
 
 def test_stage_times_synchronise_only_when_enabled_and_asked() -> None:
