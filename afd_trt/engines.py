@@ -51,7 +51,14 @@ from torch import nn
 
 from .config import ModelConfig, ShapeProfile, config_hash
 from .device_ops import with_index
-from .engine_cache import EngineCache, EngineKey, EngineMismatchError, device_tag, state_dict_sha256
+from .engine_cache import (
+    CACHE_FORMAT,
+    EngineCache,
+    EngineKey,
+    EngineMismatchError,
+    device_tag,
+    state_dict_sha256,
+)
 from .weights import sha256_file
 
 __all__ = [
@@ -1182,8 +1189,20 @@ def load_engine_file(
                 raise EngineMismatchError(
                     f"{path}: its metadata says {what} {rec.get(what)!r}, asked for {asked!r}"
                 )
+        if rec.get("format") != CACHE_FORMAT:  # e.g. an fp32 TorchScript with BatchNorm folded
+            raise EngineMismatchError(
+                f"{path}: built in engine format {rec.get('format')!r}, this afd_trt builds {CACHE_FORMAT}: rebuild it"
+            )
     else:
         logger.warning("%s: no metadata sidecar; cannot check which device/runtime built it", path)
+    if meta is not None:  # the cache's own integrity checks: a damaged file fails here, plainly
+        size = path.stat().st_size
+        if meta.get("file_size") != size:
+            raise ValueError(
+                f"{path}: {size} bytes, its metadata records {meta.get('file_size')!r} (truncated or corrupt)"
+            )
+        if sha256_file(path) != meta.get("file_sha256"):
+            raise ValueError(f"{path}: its sha256 differs from its metadata's (corrupt)")
     net = Network(network, nn.Identity())  # only its name and io are used by the loaders
     return spec.load(path, net, device, precision)
 

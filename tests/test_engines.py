@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from afd_trt.config import ShapeProfile, load_config
-from afd_trt.engine_cache import EngineCache, EngineMismatchError
+from afd_trt.engine_cache import CACHE_FORMAT, EngineCache, EngineMismatchError
 from afd_trt.engines import (
     AUTO_CPU,
     ENGINES,
@@ -301,6 +301,23 @@ def test_engine_file_from_another_runtime_is_refused(
     assert (
         load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True).name == "torchscript"
     )
+    # An older engine format (an fp32 TorchScript with BatchNorm folded, not eager's bits) is
+    # refused, as the cache would rebuild it; a damaged file is named as such, not as a file
+    # from another runtime or GPU.
+    meta["key"]["runtime"] = here
+    meta["key"]["format"] = CACHE_FORMAT - 1
+    copy.with_name(copy.name + ".json").write_text(json.dumps(meta))
+    with pytest.raises(EngineMismatchError, match=f"engine format {CACHE_FORMAT - 1}, this afd_trt builds"):
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
+    shutil.copy(ts.with_name(ts.name + ".json"), copy.with_name(copy.name + ".json"))
+    copy.write_bytes(copy.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
+    data = bytearray(ts.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256 differs"):
+        load_engine_file(copy, "torchscript", "faster-rcnn-box-head", CPU, trusted=True)
 
 
 def _openvino_has_bf16() -> bool:
