@@ -669,7 +669,37 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config {source}: not valid TOML: {e}") from e
-    return _from_raw(raw, source)
+    cfg = _from_raw(raw, source)
+    _check_profiles(cfg, source)
+    return cfg
+
+
+def _profile_templates(cfg: ModelConfig) -> dict[str, tuple[int | None, ...]]:
+    """Per network input that takes a TensorRT profile, its shape with the axes the network fixes
+    (None: free, within the profile)."""
+    if isinstance(cfg, HRNetConfig):
+        w, h = cfg.input_size
+        return {"crops": (None, 3, h, w)}
+    if isinstance(cfg, FasterRCNNConfig):
+        return {"image": (None, 3, None, None), "rois": (None, 256, 7, 7)}
+    return {"image": (None, 3, None, None)}
+
+
+def _check_profiles(cfg: ModelConfig, source: str) -> None:
+    """Each ``[engine.profiles.<input>]`` names an input of the network and fits its fixed axes
+    (TensorRT failed much later on one that did not, naming neither the config nor the key)."""
+    templates = _profile_templates(cfg)
+    for name, prof in cfg.engine.profiles:
+        where = f"config {source}: [engine.profiles.{name}]"
+        if name not in templates:
+            raise ValueError(f"{where}: {cfg.type} has no input {name!r} (its inputs: {sorted(templates)})")
+        want = templates[name]
+        for k, shape in (("min", prof.min), ("opt", prof.opt), ("max", prof.max)):
+            if len(shape) != len(want) or any(
+                w is not None and d != w for d, w in zip(shape, want, strict=False)
+            ):
+                spec = "(" + ", ".join("*" if w is None else str(w) for w in want) + ")"
+                raise ValueError(f"{where} {k} {list(shape)} does not fit the input's shape {spec}")
 
 
 def config_hash(cfg: ModelConfig) -> str:

@@ -110,6 +110,25 @@ BAD = [
         r"flip pair \(0, 28\) must be 2 keypoint indices in 0..27",
     ),
     ("hrnetv2", "sha256", 'sha256 = "abc"', r"\[weights\] sha256 must be empty or 64 hex digits"),
+    # TensorRT profiles that do not fit the network failed only at the engine build, unnamed
+    (
+        "hrnetv2",
+        "max = ",
+        "max = [128, 3, 512, 512]",
+        r"\[engine.profiles.crops\] max \[128, 3, 512, 512\] does not fit the input's shape \(\*, 3, 256, 256\)",
+    ),
+    (
+        "yolov3",
+        "min = ",
+        "min = [1, 1, 32, 32]",
+        r"\[engine.profiles.image\] min \[1, 1, 32, 32\] does not fit the input's shape \(\*, 3, \*, \*\)",
+    ),
+    (
+        "faster-rcnn",
+        "[engine.profiles.rois]",
+        "[engine.profiles.boxes]",
+        r"\[engine.profiles.boxes\]: faster-rcnn has no input 'boxes' \(its inputs: \['image', 'rois'\]\)",
+    ),
 ]
 
 
