@@ -275,6 +275,21 @@ def test_bench_refuses_a_grid_or_json_path_it_cannot_use(
         assert why in caplog.text
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_peak_rss_can_start_over_after_the_images_are_made() -> None:
+    """The bench's peak RSS counted the making of its images (a large synthetic one holds GiBs
+    of float64 noise): it now starts over once they are written."""
+    block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    with_block = bench.peak_rss_mib()
+    del block
+    assert bench.reset_peak_rss()
+    after = bench.peak_rss_mib()
+    assert after < with_block - 300
+    again = np.ones(100 * 2**20 // 8)
+    assert bench.peak_rss_mib() >= after + 90
+    del again
+
+
 def test_stage_times_synchronise_only_when_enabled_and_asked() -> None:
     """A device's stage times synchronise it around each timed stage (so the bench takes them
     in a pass of their own on a GPU); disabled, or for host-only stages, nothing is called."""
