@@ -399,7 +399,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--warmup",
         type=int_at_least(0),
         default=1,
-        help="warm-up images, excluded (on CUDA also one stream batch)",
+        help="warm-up images, excluded; with generated images at least one of each --size, so no "
+        "size meets its first-shape work (kernel choice, CUDA graph capture) in a timed pass "
+        "(on CUDA also one stream batch)",
     )
     p.add_argument(
         "--compare-upstream", action="store_true", help="also run anime-face-detector 0.1.0, interleaved"
@@ -831,8 +833,12 @@ def _run_passes(
 
     upstream_failed: dict[str, str] = {}
     warmed = 0
+    # Generated images cycle through the sizes: the first len(sizes) hold one of each.
+    n_warm = (
+        max(args.warmup, len(parse_sizes(args.size))) if args.warmup and args.images is None else args.warmup
+    )
     for path in paths:
-        if warmed >= args.warmup:
+        if warmed >= n_warm:
             break
         if attempt(path) is not None:
             warmed += 1
@@ -911,6 +917,7 @@ def _run_passes(
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {**_machine(device), "malloc": ours.host_malloc},
         "images": n_ok,
+        "warmup_images": warmed,  # untimed runs before the passes (also timed in them)
         "size": ",".join(sizes),
         "faces": faces,
         "failed": failed,

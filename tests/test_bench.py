@@ -95,6 +95,7 @@ def test_bench_against_upstream(
     assert rc == 0
     r = json.loads(out.read_text())
     assert r["images"] == 2
+    assert r["warmup_images"] == 0
     assert r["size"] == "320x192,256x256"  # in the order of --size
     assert r["images_source"] == f"windows of {TADNE_GRID.resolve()} (seed 0), JPEG quality 95"
     assert r["weights"] == str(wdir.resolve())
@@ -204,6 +205,7 @@ def test_bench_reports_a_bad_image_and_times_the_rest(
     assert rc == 1
     r = json.loads(out.read_text())
     assert r["images"] == 2
+    assert r["warmup_images"] == 1  # a directory's: the first --warmup that run
     assert len(r["failed"]) == 1
     assert "a_bad.jpg" in r["failed"][0]
     assert "could not decode" in r["failed"][0]
@@ -273,6 +275,23 @@ def test_bench_refuses_a_grid_or_json_path_it_cannot_use(
         assert main([*argv, "--json", str(out)]) == 2
         assert f"--json {out}: " in caplog.text
         assert why in caplog.text
+
+
+def test_warm_up_covers_every_generated_size(
+    seeded_weights: Callable[[int], Weights], tmp_path: Path
+) -> None:
+    """Each generated size meets its first-shape work (kernel choice; on CUDA graph capture) in
+    the warm-up, not in a timed pass: one image of each --size is warmed, even with --warmup 1."""
+    wdir = seeded_weights(0)["yolov3"]["pth"].parent
+    out = tmp_path / "r.json"
+    argv = ["bench", "--weights", str(wdir), "--num-images", "3", "--size", "64x64,96x64", "--quiet"]
+    argv += ["--grid", str(TADNE_GRID), "--device", "cpu", "--skip-latency", "--json", str(out)]
+    assert main([*argv, "--warmup", "1"]) == 0
+    assert json.loads(out.read_text())["warmup_images"] == 2
+    assert main([*argv, "--warmup", "3"]) == 0
+    assert json.loads(out.read_text())["warmup_images"] == 3
+    assert main([*argv, "--warmup", "0"]) == 0
+    assert json.loads(out.read_text())["warmup_images"] == 0
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
