@@ -471,7 +471,7 @@ def entry_status(
 _ENGINE_NAME = re.compile(r"[a-z0-9_]+-(?:fp32|bf16|fp16)-[A-Za-z0-9_.:-]+-[0-9a-f]{16}\.[a-z0-9]+")
 """An engine file's name, as :meth:`EngineKey.stem` and a suffix make it."""
 _PART_NAME = re.compile(r"\.(?P<engine>.+)\.\d+\.[0-9a-f]+\.part")
-"""A build's temporary file: ``.<engine name>.<pid>.<hex>.part``."""
+"""A build's temporary file: ``.<engine name>[.json].<pid>.<hex>.part``."""
 
 
 def cache_file_kind(name: str) -> str | None:
@@ -484,7 +484,7 @@ def cache_file_kind(name: str) -> str | None:
         if name.endswith(suffix) and _ENGINE_NAME.fullmatch(name[: -len(suffix)]):
             return kind
     m = _PART_NAME.fullmatch(name)
-    if m and _ENGINE_NAME.fullmatch(m["engine"]):
+    if m and _ENGINE_NAME.fullmatch(m["engine"].removesuffix(".json")):  # an engine's or its sidecar's
         return "part"
     return None
 

@@ -97,6 +97,9 @@ def test_cache_lists_and_prunes_exactly_the_unusable_entries(
     os.utime(old_part, (time.time() - 7200, time.time() - 7200))
     fresh_part = ts.with_name(f".{ts.name}.12346.abce.part")  # perhaps a build running now
     fresh_part.write_bytes(b"half an engine")
+    old_sidecar_part = ts.with_name(f".{ts.name}.json.12347.abcf.part")  # a sidecar write cut short
+    old_sidecar_part.write_bytes(b"{")
+    os.utime(old_sidecar_part, (time.time() - 7200, time.time() - 7200))
     # a sidecar whose key fields are not strings (hand-edited): unhashable, it crashed the listing
     bad_key = _copy(ts, f"torchscript-fp32-{here}-0000000000000008.ts", _set(device=["cpu"]))
 
@@ -111,6 +114,7 @@ def test_cache_lists_and_prunes_exactly_the_unusable_entries(
         no_sidecar.name: "orphan",
         lone_sidecar.name: "orphan",
         old_part.name: "orphan",
+        old_sidecar_part.name: "orphan",
         bad_key.name: "orphan",
     }
     assert _listing(cache, capsys) == want
