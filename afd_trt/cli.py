@@ -439,6 +439,12 @@ def _run_detect(args: argparse.Namespace) -> int:
     except (OSError, ValueError, RuntimeError) as e:
         logger.error("cannot load the models: %s", e)
         return 2
+    if opts.settings is not None:  # the weights themselves, not only where they came from
+        from .weights import sha256_file
+
+        opts.settings["weights_sha256"] = {
+            name: sha256_file(p) for name, p in sorted(det.checkpoint_files.items())
+        }
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

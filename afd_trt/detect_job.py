@@ -468,10 +468,16 @@ def check_run_settings(
                 f"{side}: unreadable settings record ({e}); use --overwrite or another output"
             ) from e
         current = json.loads(json.dumps(settings))  # compare in JSON terms (tuples -> lists, ...)
+        # A setting one side lacks is not a difference: one this afd_trt records that an older
+        # run did not (it cannot be checked), or one known only once the models have loaded
+        # (the weights' digests) in the check made before loading them.
+        unchecked = sorted(set(current) - set(recorded))
+        if unchecked and record:
+            logger.warning("%s: its run did not record %s: not checked", journal, ", ".join(unchecked))
         diff = {
-            k: (recorded.get(k), current.get(k))
-            for k in sorted(set(recorded) | set(current))
-            if recorded.get(k) != current.get(k)
+            k: (recorded[k], current[k])
+            for k in sorted(set(recorded) & set(current))
+            if recorded[k] != current[k]
         }
         if diff:
             lines = "; ".join(
@@ -488,6 +494,16 @@ def check_run_settings(
         logger.info("%s: no settings record (an older run); adopting the current settings", journal)
     journal.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(side, settings)
+
+
+def _settings_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The settings two shards' journals differ in. Where both recorded the weights' digests,
+    where the checkpoints lay (each machine's own path) is not a difference; a setting only
+    one recorded (an older afd_trt's journal) cannot be compared and is not one either."""
+    keys = set(a) & set(b)
+    if "weights_sha256" in keys:
+        keys -= {"face_detector_checkpoint", "landmark_checkpoint"}
+    return sorted(k for k in keys if a[k] != b[k])
 
 
 def record_line(rec: dict[str, Any]) -> bytes:
@@ -566,8 +582,7 @@ def merge_journals(journals: Sequence[Path]) -> Merged:
             settings = {k: v for k, v in settings.items() if not k.startswith(("crop", "draw"))}
             if first is None:
                 first = (path, settings)
-            elif settings != first[1]:
-                diff = sorted(k for k in set(settings) | set(first[1]) if settings.get(k) != first[1].get(k))
+            elif diff := _settings_diff(first[1], settings):
                 raise SettingsMismatchError(
                     f"{path} was written with other settings than {first[0]} ({', '.join(diff)}): "
                     "refusing to merge results of different models or options"

@@ -438,6 +438,8 @@ class Detector:
         self.landmark_config = lm_cfg
         lm_path = resolve_checkpoint(lm_cfg.weights, landmark_checkpoint, download=download)
         lm_model = self._load_model("hrnetv2", lm_path)
+        self.checkpoint_files: dict[str, Path] = {"hrnetv2": lm_path}
+        """Each model's checkpoint file, as resolved (given, ``$AFD_TRT_WEIGHTS``, cache)."""
 
         precision = resolve_precision(backend, self.device, precision)
         self.precision = precision
@@ -485,6 +487,7 @@ class Detector:
             self.face_detector_config = det_cfg
             det_path = resolve_checkpoint(det_cfg.weights, face_detector_checkpoint, download=download)
             det_model = self._load_model(face_detector, det_path)
+            self.checkpoint_files[face_detector] = det_path
             if isinstance(det_cfg, YOLOv3Config):
                 self.face_detector = YOLOv3FaceDetector(
                     det_cfg, engine("yolov3", det_model, det_cfg), max_batch=det_batch

@@ -484,6 +484,32 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_a_resume_with_other_weights_at_the_same_path_is_refused(
+    models: dict[str, Path], seeded_weights: Weights, tmp_path: Path
+) -> None:
+    """The settings record the weights' sha256, not only their path: a checkpoint replaced in
+    place between two runs (other test weights, a downloaded release) is refused on resume
+    rather than mixing two models' results in one output."""
+    imgs = []
+    for i, tile in enumerate(_tiles(2, 128)):
+        imgs.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(imgs[-1]), tile)
+    lm = tmp_path / "lm.safetensors"
+    shutil.copy(models["lm"], lm)
+    args = [*_model_args(models), "--landmark-checkpoint", str(lm)]
+    out = tmp_path / "o.jsonl"
+    first = _cli(str(imgs[0]), "-o", str(out), *args)
+    assert first.returncode == 0, first.stderr
+    recorded = json.loads((tmp_path / "o.jsonl.settings.json").read_text())
+    assert set(recorded["weights_sha256"]) == {"yolov3", "hrnetv2"}
+    before = out.read_bytes()
+    shutil.copy(seeded_weights(1)["hrnetv2"]["safetensors"], lm)  # other weights, same path
+    again = _cli(str(imgs[0]), str(imgs[1]), "-o", str(out), *args)
+    assert again.returncode == 2
+    assert "weights_sha256: recorded" in again.stderr
+    assert out.read_bytes() == before
+
+
 def test_a_run_that_cannot_start_changes_nothing(models: dict[str, Path], tmp_path: Path) -> None:
     """--overwrite with other options and models that fail to load: the journal and its
     settings stay as they were, so a later resume with the old options still matches."""

@@ -609,6 +609,30 @@ def test_run_settings_recorded_then_checked(tmp_path: Path) -> None:
     assert json.loads(settings_path(journal).read_text()) == settings, "a refused resume changes nothing"
     check_run_settings(journal, changed, overwrite=True)
     assert json.loads(settings_path(journal).read_text()) == changed
+    # A setting only one side has is not a difference: one an older run did not record, or the
+    # weights' digests, which the check made before loading the models does not know yet.
+    check_run_settings(journal, {**changed, "weights_sha256": {"hrnetv2": "ab"}}, record=False)
+    check_run_settings(journal, {k: v for k, v in changed.items() if k != "crops"}, record=False)
+
+
+def test_merge_compares_weights_not_where_each_machine_kept_them(tmp_path: Path) -> None:
+    """Shards run on several machines load the same weights from different paths: with the
+    weights' digests recorded, the paths are not compared, the digests are."""
+    a = '{"path": "a.png", "width": 4, "height": 3, "faces": []}\n'
+    b = '{"path": "b.png", "width": 4, "height": 3, "faces": []}\n'
+    same = {"weights_sha256": {"hrnetv2": "ab"}}
+    j0 = _shard_journal(tmp_path / "s0.jsonl", [a], [0, 2], landmark_checkpoint="/m1/hr.pth", **same)
+    j1 = _shard_journal(tmp_path / "s1.jsonl", [b], [1, 2], landmark_checkpoint="/m2/hr.pth", **same)
+    out = tmp_path / "all.jsonl"
+    assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 0
+    assert out.read_text() == a + b
+    other = {"weights_sha256": {"hrnetv2": "cd"}}
+    j1 = _shard_journal(tmp_path / "s1.jsonl", [b], [1, 2], landmark_checkpoint="/m1/hr.pth", **other)
+    assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 2
+    # without the digests (an older afd_trt's shards), the paths still count
+    j0 = _shard_journal(tmp_path / "s0.jsonl", [a], [0, 2], landmark_checkpoint="/m1/hr.pth")
+    j1 = _shard_journal(tmp_path / "s1.jsonl", [b], [1, 2], landmark_checkpoint="/m2/hr.pth")
+    assert main(["merge", str(j0), str(j1), "-o", str(out)]) == 2
 
 
 def _shard_journal(path: Path, lines: list[str], shard: list[int] | None, **changed: object) -> Path:
