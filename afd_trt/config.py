@@ -460,6 +460,11 @@ def _weights(raw: Mapping[str, Any], source: str) -> WeightsSpec:
     t = _Table(raw, "weights", source, required=False)
     spec = WeightsSpec(file=t.text("file", ""), url=t.text("url", ""), sha256=t.text("sha256", ""))
     t.done()
+    if spec.file and (spec.file != Path(spec.file).name or spec.file in (".", "..")):
+        raise ValueError(
+            f"config {source}: [weights] file must be a bare file name (looked up in $AFD_TRT_WEIGHTS "
+            f"and the cache), got {spec.file!r}; pass a checkpoint elsewhere by its path"
+        )
     if spec.sha256 and (
         len(spec.sha256) != 64 or any(c not in "0123456789abcdef" for c in spec.sha256.lower())
     ):

@@ -406,6 +406,13 @@ class Detector:
         self.max_pixels = max_pixels
         if face_detector is not None and face_detector not in FACE_DETECTORS:
             raise ValueError(f"face_detector must be one of {FACE_DETECTORS} or None, got {face_detector!r}")
+        if face_detector is None and (
+            face_detector_checkpoint is not None or face_detector_config is not None
+        ):
+            raise ValueError(
+                "face_detector_checkpoint / face_detector_config given with face_detector=None: name the "
+                f"detector they are for, one of {FACE_DETECTORS} (they were ignored)"
+            )
         _positive_number("box_scale_factor", box_scale_factor)  # validates; the value keeps its type
         flip_test = _flag("flip_test", flip_test)
         threads = _count("threads", threads, 0)

@@ -470,7 +470,7 @@ def write_test_weights(
     ``overwrite``. Returns ``{model name: {format: path}}``.
     """
     from .outputs import write_bytes_atomic
-    from .weights import TEST_WEIGHTS_KEY, CheckpointError, is_test_weights
+    from .weights import TEST_WEIGHTS_KEY, CheckpointError, forget_checksum, is_test_weights
 
     bad = [f for f in formats if f not in ("pth", "safetensors")]
     if bad or not formats:
@@ -506,6 +506,8 @@ def write_test_weights(
             write_bytes_atomic(paths["pth"], buf.getvalue())
         if "safetensors" in paths:
             write_bytes_atomic(paths["safetensors"], safetensors_bytes(state, meta))
+        for path in paths.values():  # written into a weights cache: its old record would say corrupt
+            forget_checksum(path)
         logger.warning(
             "wrote test weights for %s to %s: they detect nothing real",
             name,

@@ -59,6 +59,7 @@ __all__ = [
     "DownloadError",
     "default_cache_dir",
     "download",
+    "forget_checksum",
     "is_test_weights",
     "load_checkpoint",
     "load_into",
@@ -471,6 +472,12 @@ def _read_sidecar(path: Path) -> str | None:
     return token
 
 
+def forget_checksum(path: Path) -> None:
+    """Drop the recorded sha256 of ``path`` (after replacing the file on purpose: the record
+    would call the new file corrupt)."""
+    _sidecar(path).unlink(missing_ok=True)
+
+
 def _write_sidecar(path: Path, digest: str) -> None:
     """Record ``digest`` in ``<path>.sha256`` atomically."""
     side = _sidecar(path)
@@ -730,16 +737,18 @@ def resolve_checkpoint(
         CheckpointUnavailableError: nothing local and the download is off, impossible or
             failed; the message says which file to put where, and the URL.
     """
-    if not spec.file:
-        raise ValueError(f"weights spec {spec!r}: 'file' is empty")
-    pinned = _normalise_digest(spec.sha256, f"weights spec for {spec.file}")
-
-    if explicit is not None:
+    if explicit is not None:  # needs nothing of the config's [weights] (a config may have none)
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path}: {'not a file' if path.exists() else 'no such file'}")
         logger.info("using checkpoint %s (given explicitly)", path)
         return path
+    if not spec.file:
+        raise ValueError(
+            "no checkpoint given and the config's [weights] names no file: pass the checkpoint's path, "
+            "or add [weights] file (and url) to the config"
+        )
+    pinned = _normalise_digest(spec.sha256, f"weights spec for {spec.file}")
 
     env_dir = os.environ.get(ENV_WEIGHTS_DIR)
     if env_dir:
@@ -765,6 +774,12 @@ def resolve_checkpoint(
     if cached.is_file():
         with _file_lock(cached, exclusive=False):
             state = _valid_existing(cached, pinned) if cached.is_file() else False
+        if state is None and _head_kind(cached) == "other":  # a page saved by hand, say
+            what = "a text/HTML page" if _looks_like_text(cached) else "bytes of no checkpoint format"
+            raise CheckpointError(
+                f"cached checkpoint {cached} holds {what}, not a checkpoint: delete it and retry online, or "
+                f"put the right file there (its sha256 is recorded on first use)"
+            )
         if state is None:
             digest = sha256_file(cached)
             logger.warning(

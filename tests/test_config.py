@@ -110,6 +110,8 @@ BAD = [
         r"flip pair \(0, 28\) must be 2 keypoint indices in 0..27",
     ),
     ("hrnetv2", "sha256", 'sha256 = "abc"', r"\[weights\] sha256 must be empty or 64 hex digits"),
+    ("hrnetv2", "file", 'file = "../x.pth"', r"\[weights\] file must be a bare file name .*got '../x.pth'"),
+    ("yolov3", "file", 'file = "/tmp/x.pth"', r"\[weights\] file must be a bare file name"),
     # TensorRT profiles that do not fit the network failed only at the engine build, unnamed
     (
         "hrnetv2",

@@ -234,6 +234,9 @@ def test_constructor_errors(weights: Weights) -> None:
     lm = weights["hrnetv2"]["pth"]
     with pytest.raises(ValueError, match="face_detector must be one of"):
         afd_trt.Detector("retinaface", None, lm, device="cpu")
+    for kwargs in ({"face_detector_checkpoint": lm}, {"face_detector_config": "yolov3"}):
+        with pytest.raises(ValueError, match="given with face_detector=None: name the detector"):
+            afd_trt.Detector(None, landmark_checkpoint=lm, device="cpu", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="box_scale_factor"):
         afd_trt.Detector(None, None, lm, device="cpu", box_scale_factor=0)
     for bad in (float("nan"), -1.1, float("inf")):

@@ -652,6 +652,42 @@ def test_resolve_env_cache_dir(clean_env: Path, monkeypatch: pytest.MonkeyPatch)
     assert default_cache_dir() == clean_env / "xdg" / "afd_trt" / "weights"
 
 
+def test_a_page_put_in_the_cache_by_hand_is_refused_not_recorded(clean_env: Path) -> None:
+    """A file with no record is trusted on first use only when it is a checkpoint: a login page
+    saved by hand (``wget -O``) was recorded, so the right file put there later was "corrupt"."""
+    cached = _put(clean_env / "weights" / FILE, b"<!DOCTYPE html><html>Sign in</html>\n")
+    with pytest.raises(CheckpointError, match=r"holds a text/HTML page, not a checkpoint"):
+        resolve_checkpoint(_spec(), cache_dir=clean_env, download=False)
+    assert not (clean_env / "weights" / f"{FILE}.sha256").exists()
+    cached.write_bytes(_payload())  # the right file, put there afterwards
+    assert resolve_checkpoint(_spec(), cache_dir=clean_env, download=False) == cached
+
+
+def test_an_explicit_checkpoint_needs_no_weights_section(clean_env: Path) -> None:
+    """A custom config without [weights] (file empty) with the checkpoint given by path: used
+    (it was refused for the empty file name it did not need); without a path, a clear error."""
+    mine = _put(clean_env / "mine.pth", _payload())
+    assert resolve_checkpoint(WeightsSpec(file="", url="", sha256=""), mine) == mine
+    with pytest.raises(ValueError, match=r"names no file: pass the checkpoint's path"):
+        resolve_checkpoint(WeightsSpec(file="", url="", sha256=""))
+
+
+def test_new_test_weights_drop_a_stale_checksum_record(clean_env: Path) -> None:
+    """make-test-weights into a weights cache: the files' old sha256 records would call the new
+    files corrupt (offline) or refuse the real download (online); they are dropped."""
+    from afd_trt.test_weights import write_test_weights
+
+    cache = clean_env / "weights"
+    paths = write_test_weights(cache, seed=0)
+    spec = load_config("hrnetv2").weights
+    first = resolve_checkpoint(spec, cache_dir=clean_env, download=False)  # records its sha256
+    assert first == paths["hrnetv2"]["pth"]
+    assert (cache / f"{spec.file}.sha256").exists()
+    write_test_weights(cache, seed=1)
+    assert not (cache / f"{spec.file}.sha256").exists()
+    assert resolve_checkpoint(spec, cache_dir=clean_env, download=False) == first
+
+
 def test_resolve_offline_message(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url = closed_port_url(f"/{FILE}")
     monkeypatch.setenv(ENV_WEIGHTS_DIR, str(clean_env / "my_weights"))
