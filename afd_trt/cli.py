@@ -171,6 +171,11 @@ def _add_detector_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="refuse image files declaring more pixels, before decoding (default $AFD_TRT_MAX_PIXELS or 400 Mpx)",
     )
+    g.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download released weights: a checkpoint not given, in $AFD_TRT_WEIGHTS or cached is an error at once",
+    )
 
 
 def _make_detector(args: argparse.Namespace) -> Any:
@@ -191,6 +196,7 @@ def _make_detector(args: argparse.Namespace) -> Any:
         device_pipeline=_on_off(getattr(args, "device_pipeline", "auto")),
         jpeg_decoder=getattr(args, "jpeg_decoder", "opencv"),
         cuda_graphs=getattr(args, "cuda_graphs", False),
+        download=not getattr(args, "no_download", False),
     )
 
 

@@ -510,6 +510,24 @@ def test_a_resume_with_other_weights_at_the_same_path_is_refused(
     assert out.read_bytes() == before
 
 
+def test_no_download_fails_at_once_on_a_missing_checkpoint(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``detect --no-download`` (a machine whose network drops connections silently) reports a
+    checkpoint that is not local at once, naming it, instead of trying the release URL."""
+    monkeypatch.setenv("AFD_TRT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("AFD_TRT_WEIGHTS", raising=False)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), _tiles(1, 128)[0])
+    out = tmp_path / "o.jsonl"
+    args = ["detect", str(img), "-o", str(out), "--device", "cpu", "--landmark-checkpoint", str(models["lm"])]
+    assert main([*args, "--no-download"]) == 2
+    assert "cannot load the models" in caplog.text
+    assert "downloading is off" in caplog.text
+    assert "mmdet_anime-face_yolov3.pth" in caplog.text
+    assert not out.exists()
+
+
 def test_a_run_that_cannot_start_changes_nothing(models: dict[str, Path], tmp_path: Path) -> None:
     """--overwrite with other options and models that fail to load: the journal and its
     settings stay as they were, so a later resume with the old options still matches."""
