@@ -798,7 +798,8 @@ def run_bench(args: argparse.Namespace) -> int:
         if args.weights is not None
         else f"seeded TEST weights (seed {args.seed}): real timings, meaningless detections"
     )
-    print(_table(result))
+    # a file name that is not UTF-8 (lone surrogates in Python) is printed escaped, not a crash
+    print(_table(result).encode("utf-8", "backslashreplace").decode("utf-8"))
     if args.json is not None:
         try:
             args.json.write_text(json.dumps(result, indent=2))
@@ -944,7 +945,12 @@ def _run_passes(
         "peak_rss_mb": peak_rss_mib(),
     }
     if t_ours:
-        result["latency"] = {"images_per_s": len(t_ours) / sum(t_ours), **percentiles_ms(t_ours)}
+        # over the images both sides ran, with --compare-upstream (like for like): ``images`` says how many
+        result["latency"] = {
+            "images": len(t_ours),
+            "images_per_s": len(t_ours) / sum(t_ours),
+            **percentiles_ms(t_ours),
+        }
     # Kept for scripts reading earlier reports: the headline rate (the stream's).
     result["afd_trt"] = {"images_per_s": result["throughput"]["images_per_s"]}
     if device.type == "cuda":
@@ -961,7 +967,7 @@ def _run_passes(
         ref = None
     if ref is not None:
         up_ips = len(t_ref) / sum(t_ref)
-        result["upstream"] = {"images_per_s": up_ips, **percentiles_ms(t_ref)}
+        result["upstream"] = {"images": len(t_ref), "images_per_s": up_ips, **percentiles_ms(t_ref)}
         result["speedup"] = sum(t_ref) / sum(t_ours)
         # The stream ran every image; upstream's rate is over those it ran: only a like-for-like
         # ratio is given.

@@ -120,6 +120,7 @@ def test_bench_against_upstream(
     assert thr["stages"]["landmarks"]["gflop"] == pytest.approx(r["faces"] * 2 * one)
     assert thr["stages"]["detector"]["gflop"] > 0
     assert r["latency"]["p50_ms"] > 0
+    assert r["latency"]["images"] == r["upstream"]["images"] == 2
     assert r["upstream"]["p99_ms"] >= r["upstream"]["p50_ms"]
     assert r["machine"]["torch"] == torch.__version__
     assert r["machine"]["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
@@ -195,6 +196,9 @@ def test_bench_reports_a_bad_image_and_times_the_rest(
     grid = cv2.imread(str(TADNE_GRID))
     for i, (y, x) in enumerate([(0, 0), (700, 900)]):
         assert cv2.imwrite(str(images / f"b_{i}.jpg"), grid[y : y + 192, x : x + 320])
+    # a name that is not UTF-8: ours reads it, upstream's child is not given it
+    odd = images / os.fsdecode(b"c_odd\xff.jpg")
+    odd.write_bytes((images / "b_0.jpg").read_bytes())
     out = tmp_path / "bench.json"
     rc = main(
         [
@@ -204,15 +208,18 @@ def test_bench_reports_a_bad_image_and_times_the_rest(
     )  # fmt: skip
     assert rc == 1
     r = json.loads(out.read_text())
-    assert r["images"] == 2
+    assert r["images"] == 3
     assert r["warmup_images"] == 1  # a directory's: the first --warmup that run
     assert len(r["failed"]) == 1
     assert "a_bad.jpg" in r["failed"][0]
     assert "could not decode" in r["failed"][0]
-    assert r["upstream_failed"] == []
+    (up_failed,) = r["upstream_failed"]
+    assert "not UTF-8" in up_failed
     assert r["outputs_identical"] is True
     assert r["latency"]["images_per_s"] > 0
-    assert r["throughput"]["images_per_s"] == pytest.approx(2 / r["throughput"]["seconds"])
+    assert r["latency"]["images"] == r["upstream"]["images"] == 2  # like for like: both ran them
+    assert r["speedup_stream"] is None  # the stream ran an image upstream did not
+    assert r["throughput"]["images_per_s"] == pytest.approx(3 / r["throughput"]["seconds"])
     table = capsys.readouterr().out
     assert "failed, left out: 1 image(s)" in table
     assert "a_bad.jpg" in table
