@@ -871,7 +871,11 @@ def _run_passes(
                     exp, took_ref = ref(str(path))
                 except UpstreamError as e:  # left out of the comparison, both timings with it
                     upstream_failed[str(path)] = str(e)
-                    logger.warning("bench: upstream failed on %s (%s); left out of the comparison", path, e)
+                    # %r: a name that is not UTF-8 comes out escaped, not as lone surrogates that a
+                    # log file, or pytest-xdist's report channel, cannot encode
+                    logger.warning(
+                        "bench: upstream failed on %r (%s); left out of the comparison", str(path), e
+                    )
                     continue
                 t_ref.append(took_ref)
                 cmp = compare_faces(got, exp)
